@@ -1,0 +1,44 @@
+# ferry: top-level entry points. Every target that needs packages installs
+# the missing ones first (scripts/deps.sh), so a fresh Debian 12 works.
+BUILD      ?= build
+ASAN_BUILD ?= build/asan
+GUEST_OUT  := $(BUILD)/guest
+MESON_OPTS ?=
+
+.PHONY: all ferry asan guest linux-guest test unit integration demo bench fuzz deps clean
+
+all: ferry guest
+
+deps:
+	@scripts/deps.sh build
+
+ferry: deps
+	@test -f $(BUILD)/build.ninja || meson setup $(BUILD) $(MESON_OPTS) >/dev/null
+	@ninja -C $(BUILD) ferry
+
+asan: deps
+	@test -f $(ASAN_BUILD)/build.ninja || \
+	  meson setup $(ASAN_BUILD) -Db_sanitize=address,undefined -Db_lundef=false >/dev/null
+	@ninja -C $(ASAN_BUILD)
+
+guest: deps
+	@$(MAKE) --no-print-directory -C guest BUILD=$(CURDIR)/$(GUEST_OUT)
+
+linux-guest:
+	@scripts/deps.sh build linux
+	@scripts/linux-guest.sh $(GUEST_OUT)
+
+test:
+	@scripts/deps.sh build test linux
+	@$(MAKE) --no-print-directory asan guest linux-guest
+	@tests/run.sh
+
+unit:
+	@$(MAKE) --no-print-directory asan
+	@FERRY_ONLY=unit tests/run.sh
+
+demo: ferry guest
+	@scripts/demo.sh
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,271 @@
+/*
+ * Boot entries, descriptor tables and the CPL0 <-> CPL3 glue.
+ *
+ * Two ways in, both ending at entry64_common with %rbx = hvm_start_info:
+ *  - PVH (QEMU -kernel): 32-bit protected mode, paging off, %ebx = start info.
+ *  - ferry: 64-bit, paging on (identity map of >= 1 GiB), %rbx = %rsi = start info,
+ *    no stack. Announced by the "FERRY" note; e_entry points here too.
+ */
+#include "guest.h"
+
+/* ---- ELF notes: kept in the text segment and in their own PT_NOTE headers ---- */
+    .section .note.xen, "a"
+    .balign 4
+    .long 4                         /* namesz: "Xen\0" */
+    .long 4                         /* descsz */
+    .long 18                        /* XEN_ELFNOTE_PHYS32_ENTRY */
+    .asciz "Xen"
+    .long pvh_entry32
+
+    .section .note.ferry, "a"
+    .balign 4
+    .long 6                         /* namesz: "FERRY\0" */
+    .long 8                         /* descsz */
+    .long 1                         /* ferry: 64-bit entry address */
+    .asciz "FERRY"
+    .balign 4
+    .quad ferry_entry64
+
+/* ---- 32-bit entry (PVH) ---- */
+    .section .text.entry, "ax"
+    .code32
+    .globl pvh_entry32
+pvh_entry32:
+    cli
+    cld
+    mov %ebx, %esi                  /* start info survives the mode switch in %esi */
+    rdtsc
+    mov %eax, boot_tsc
+    mov %edx, boot_tsc + 4
+    mov $entry64_pvh, %edi
+    /* fall through */
+
+/*
+ * Flat 32-bit protected mode, paging off -> long mode on the static identity map,
+ * then jump to the 64-bit address in %edi. Shared with the AP trampoline, which
+ * must have loaded flat data segments first (lgdt below reads through %ds).
+ */
+    .globl mode_enter_long
+mode_enter_long:
+    lgdt gdt_ptr
+    mov $SEL_KDATA, %eax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %ss
+    mov %ax, %fs
+    mov %ax, %gs
+    mov %cr4, %eax
+    or $0x20, %eax                  /* PAE */
+    mov %eax, %cr4
+    mov $boot_pml4, %eax
+    mov %eax, %cr3
+    mov $0xc0000080, %ecx           /* EFER.LME */
+    rdmsr
+    or $0x100, %eax
+    wrmsr
+    mov %cr0, %eax
+    or $0x80000001, %eax            /* PG | PE */
+    mov %eax, %cr0
+    ljmp $SEL_KCODE, $1f
+    .code64
+1:  mov %edi, %edi                  /* upper halves are undefined after the switch */
+    jmp *%rdi
+
+entry64_pvh:
+    mov %esi, %ebx
+    jmp entry64_common
+
+/* ---- 64-bit entry (ferry) ---- */
+    .globl ferry_entry64
+ferry_entry64:
+    cli
+    cld
+    rdtsc                           /* %rbx (start info) is kept for entry64_common */
+    shl $32, %rdx
+    or %rdx, %rax
+    mov %rax, boot_tsc
+    mov $(kstacks + KSTACK_SIZE), %rsp  /* no stack is given; lretq below needs one */
+    mov $boot_pml4, %eax            /* leave the VMM's temporary tables at once */
+    mov %rax, %cr3
+    lgdt gdt_ptr
+    pushq $SEL_KCODE
+    pushq $entry64_common
+    lretq
+
+entry64_common:
+    mov $SEL_KDATA, %eax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %ss
+    mov %ax, %fs
+    mov %ax, %gs
+    mov $(kstacks + KSTACK_SIZE), %rsp
+    /* .bss holds only small state; big buffers are in .noinit and stay dirty. */
+    mov $__bss_start, %edi
+    mov $__bss_end, %ecx
+    sub %edi, %ecx
+    shr $3, %ecx
+    xor %eax, %eax
+    rep stosq
+    mov %rbx, %rdi
+    call kernel_main
+2:  cli
+    hlt
+    jmp 2b
+
+/* APs arrive here from the trampoline; ap_boot_index says which CPU slot they take. */
+    .globl ap_entry64
+ap_entry64:
+    mov ap_boot_index, %edi
+    lea 1(%rdi), %rax
+    imul $KSTACK_SIZE, %rax
+    add $kstacks, %rax
+    mov %rax, %rsp
+    call ap_main
+    jmp 2b
+
+/* ---- CPL3 entry: user_enter(rip, rsp, arg) ---- */
+    .globl user_enter
+user_enter:
+    mov $SEL_UDATA, %eax
+    mov %ax, %ds
+    mov %ax, %es
+    xor %eax, %eax
+    mov %ax, %fs
+    mov %ax, %gs
+    pushq $SEL_UDATA
+    pushq %rsi
+    pushq $USER_RFLAGS
+    pushq $SEL_UCODE
+    pushq %rdi
+    mov %rdx, %rdi
+    iretq
+
+/* ---- interrupt and exception entry ---- */
+.macro TRAP_NOERR vec
+trap_stub_\vec:
+    pushq $0
+    pushq $\vec
+    jmp trap_common
+.endm
+
+.macro TRAP_ERR vec
+trap_stub_\vec:
+    pushq $\vec
+    jmp trap_common
+.endm
+
+    .irp v, 0,1,2,3,4,5,6,7,9,15,16,18,19,20,22,23,24,25,26,27,28,31
+    TRAP_NOERR \v
+    .endr
+    .irp v, 8,10,11,12,13,14,17,21,29,30
+    TRAP_ERR \v
+    .endr
+
+    .globl trap_serial, trap_syscall
+trap_serial:
+    pushq $0
+    pushq $VEC_SERIAL
+    jmp trap_common
+trap_syscall:
+    pushq $0
+    pushq $VEC_SYSCALL
+    /* fall through */
+
+/* Saves every GPR (system calls return only %rax) and calls trap_handle(frame). */
+trap_common:
+    push %rax
+    push %rbx
+    push %rcx
+    push %rdx
+    push %rsi
+    push %rdi
+    push %rbp
+    push %r8
+    push %r9
+    push %r10
+    push %r11
+    push %r12
+    push %r13
+    push %r14
+    push %r15
+    mov %rsp, %rdi
+    call trap_handle
+    pop %r15
+    pop %r14
+    pop %r13
+    pop %r12
+    pop %r11
+    pop %r10
+    pop %r9
+    pop %r8
+    pop %rbp
+    pop %rdi
+    pop %rsi
+    pop %rdx
+    pop %rcx
+    pop %rbx
+    pop %rax
+    add $16, %rsp
+    iretq
+
+/* The timer only has to wake hlt: EOI and return, a dozen emulated instructions. */
+    .globl irq_timer, irq_spurious
+irq_timer:
+    push %rax
+    push %rcx
+    push %rdx
+    mov $0x80b, %ecx
+    xor %eax, %eax
+    xor %edx, %edx
+    wrmsr
+    pop %rdx
+    pop %rcx
+    pop %rax
+irq_spurious:
+    iretq
+
+    .section .rodata
+    .balign 8
+    .globl trap_stub_table
+trap_stub_table:
+    .irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    .quad trap_stub_\v
+    .endr
+
+/* ---- descriptor tables; explicit data, so the loader's copy is all the set-up they need ---- */
+    .data
+    .balign 8
+    .globl boot_tsc
+boot_tsc:
+    .quad 0
+
+    .balign 16
+    .globl gdt, gdt_ptr
+gdt:
+    .quad 0
+    .quad 0x00af9a000000ffff        /* 0x08 kernel code, 64-bit */
+    .quad 0x00cf92000000ffff        /* 0x10 kernel data */
+    .quad 0x00cf9a000000ffff        /* 0x18 kernel code, 32-bit (trampoline) */
+    .quad 0x00cff2000000ffff        /* 0x20 user data */
+    .quad 0x00affa000000ffff        /* 0x28 user code, 64-bit */
+    .fill 2 * MAX_CPUS, 8, 0        /* 0x30 TSS descriptors, one per CPU */
+    .balign 8
+gdt_ptr:
+    .word GDT_ENTRIES * 8 - 1
+    .quad gdt
+
+/*
+ * All TSSs back to back, then one shared I/O permission bitmap of zeros (every port
+ * allowed at CPL3: PVM honours this but not IOPL) and its 0xff terminator. Each TSS
+ * points at the bitmap with its own iomap_base offset.
+ */
+    .balign 64
+    .globl tss_area, io_bitmap
+tss_area:
+    .fill MAX_CPUS * TSS_SIZE, 1, 0
+io_bitmap:
+    .fill 8192, 1, 0
+    .byte 0xff
+
+    .section .note.GNU-stack, "", @progbits

@@ -1,0 +1,144 @@
+#include "cli/args.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "util/log.h"
+#include "util/util.h"
+
+enum { OPT_KERNEL = 256, OPT_INITRD, OPT_CMDLINE, OPT_MEMORY, OPT_CPUS,
+       OPT_API, OPT_CONSOLE, OPT_DEBUGCON, OPT_LOG };
+
+static const struct option run_options[] = {
+    { "kernel", required_argument, NULL, OPT_KERNEL },
+    { "initrd", required_argument, NULL, OPT_INITRD },
+    { "cmdline", required_argument, NULL, OPT_CMDLINE },
+    { "memory", required_argument, NULL, OPT_MEMORY },
+    { "cpus", required_argument, NULL, OPT_CPUS },
+    { "api-socket", required_argument, NULL, OPT_API },
+    { "console", required_argument, NULL, OPT_CONSOLE },
+    { "debugcon", required_argument, NULL, OPT_DEBUGCON },
+    { "log-level", required_argument, NULL, OPT_LOG },
+    { "verbose", no_argument, NULL, 'v' },
+    { "help", no_argument, NULL, 'h' },
+    { NULL, 0, NULL, 0 },
+};
+
+void args_run_usage(void)
+{
+    fprintf(stderr,
+        "usage: ferry run --kernel PATH [options]\n"
+        "  --kernel PATH         test guest ELF, Linux bzImage or PVH vmlinux\n"
+        "  --initrd PATH         initial ramdisk\n"
+        "  --cmdline STR         kernel command line\n"
+        "  --memory MiB          guest RAM (default %d; multiple of 2)\n"
+        "  --cpus N              vCPUs (default 1, at most %d)\n"
+        "  --api-socket PATH     serve the REST API on this unix socket\n"
+        "  --console stdio|file:PATH|none   serial console (default stdio)\n"
+        "  --debugcon PATH       port 0xe9 output to this file or FIFO\n"
+        "  --log-level error|warning|info|debug, -v for debug\n",
+        ARGS_DEFAULT_MEMORY_MIB, VM_MAX_VCPUS);
+}
+
+static int args_memory(const char *s, uint64_t *bytes, char *err, size_t len)
+{
+    uint64_t mib;
+    int ret;
+
+    if (parse_u64(s, &mib) < 0 || mib == 0 || mib > (1ULL << 30)) {
+        snprintf(err, len, "--memory: '%s' is not a size in MiB (1 or more)", s);
+        return -EINVAL;
+    }
+    ret = mem_check_size(mib * MIB, mem_host_total());
+    if (ret == -E2BIG)
+        snprintf(err, len, "--memory: %s MiB is more than this host's %llu MiB", s,
+                 (unsigned long long)(mem_host_total() / MIB));
+    else if (ret < 0)
+        snprintf(err, len, "--memory: %s MiB must be at least %llu and a multiple of 2", s,
+                 MEM_MIN_SIZE / MIB);
+    *bytes = mib * MIB;
+    return ret < 0 ? -EINVAL : 0;
+}
+
+static int args_cpus(const char *s, unsigned *cpus, char *err, size_t len)
+{
+    uint64_t n;
+
+    if (parse_u64(s, &n) < 0 || n == 0 || n > VM_MAX_VCPUS) {
+        snprintf(err, len, "--cpus: '%s' is not a vCPU count from 1 to %d", s, VM_MAX_VCPUS);
+        return -EINVAL;
+    }
+    *cpus = (unsigned)n;
+    return 0;
+}
+
+static int args_console(const char *s, char *err, size_t len)
+{
+    if (strcmp(s, "stdio") == 0 || strcmp(s, "none") == 0 ||
+        (strncmp(s, "file:", 5) == 0 && s[5]))
+        return 0;
+    snprintf(err, len, "--console: '%s' is not stdio, none or file:PATH", s);
+    return -EINVAL;
+}
+
+static int args_log_level(const char *s, int *level, char *err, size_t len)
+{
+    static const char *const names[] = { "error", "warning", "info", "debug" };
+
+    for (int i = 0; i < 4; i++)
+        if (strcmp(s, names[i]) == 0)
+            return *level = i, 0;
+    snprintf(err, len, "--log-level: '%s' is not error, warning, info or debug", s);
+    return -EINVAL;
+}
+
+static int args_one(int opt, struct run_args *a, char *err, size_t len)
+{
+    struct vm_config *c = &a->vm;
+
+    switch (opt) {
+    case OPT_KERNEL: c->kernel = optarg; return 0;
+    case OPT_INITRD: c->initrd = optarg; return 0;
+    case OPT_CMDLINE: c->cmdline = optarg; return 0;
+    case OPT_MEMORY: return args_memory(optarg, &c->mem_bytes, err, len);
+    case OPT_CPUS: return args_cpus(optarg, &c->ncpus, err, len);
+    case OPT_API: c->api_socket = optarg; return 0;
+    case OPT_CONSOLE: c->console = optarg; return args_console(optarg, err, len);
+    case OPT_DEBUGCON: c->debugcon = optarg; return 0;
+    case OPT_LOG: return args_log_level(optarg, &a->log_level, err, len);
+    case 'v': a->log_level = LOG_DEBUG; return 0;
+    case 'h': return ARGS_HELP;
+    default:
+        snprintf(err, len, "unknown or incomplete option (see ferry run --help)");
+        return -EINVAL;
+    }
+}
+
+int args_parse_run(int argc, char **argv, struct run_args *out, char *err, size_t errlen)
+{
+    int opt, ret;
+
+    memset(out, 0, sizeof(*out));
+    out->vm.mem_bytes = ARGS_DEFAULT_MEMORY_MIB * MIB;
+    out->vm.ncpus = 1;
+    out->vm.console = "stdio";
+    out->log_level = LOG_INFO;
+    optind = 0;   /* full getopt reset: callers may parse several times */
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, "vh", run_options, NULL)) != -1) {
+        ret = args_one(opt, out, err, errlen);
+        if (ret)
+            return ret;
+    }
+    if (optind < argc) {
+        snprintf(err, errlen, "unexpected argument '%s'", argv[optind]);
+        return -EINVAL;
+    }
+    if (!out->vm.kernel) {
+        snprintf(err, errlen, "--kernel is required");
+        return -EINVAL;
+    }
+    return 0;
+}

@@ -1,0 +1,21 @@
+/* Parsing of `ferry run` options into a VM configuration (pure; unit-tested). */
+#ifndef FERRY_CLI_ARGS_H
+#define FERRY_CLI_ARGS_H
+
+#include <stddef.h>
+
+#include "vm/vm.h"
+
+#define ARGS_DEFAULT_MEMORY_MIB 512
+#define ARGS_HELP 1
+
+struct run_args {
+    struct vm_config vm;
+    int log_level;            /* enum log_level */
+};
+
+/* argv[0] is the verb. Returns 0, ARGS_HELP, or -EINVAL with a message in err. */
+int args_parse_run(int argc, char **argv, struct run_args *out, char *err, size_t errlen);
+void args_run_usage(void);
+
+#endif

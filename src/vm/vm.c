@@ -1,0 +1,344 @@
+#include "vm/vm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include "util/log.h"
+#include "util/util.h"
+
+#define KVM_TSS_ADDR          0xfffbd000ULL
+#define KVM_IDENTITY_MAP_ADDR 0xfffbc000ULL
+
+const char *vm_state_name(enum vm_state s)
+{
+    static const char *const names[] = { "created", "running", "paused", "shutdown" };
+    return names[s];
+}
+
+static int vm_ioctl(struct vm *vm, unsigned long req, void *arg, const char *what)
+{
+    if (ioctl(vm->vm_fd, req, arg) < 0) {
+        int err = -errno;
+        log_err("%s: %s", what, strerror(errno));
+        return err;
+    }
+    return 0;
+}
+
+static int vm_open_kvm(struct vm *vm)
+{
+    int run_size;
+
+    vm->kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+    if (vm->kvm_fd < 0) {
+        int err = -errno;
+        log_err("/dev/kvm: %s (is KVM available and are you allowed to use it?)",
+                strerror(errno));
+        return err;
+    }
+    if (ioctl(vm->kvm_fd, KVM_GET_API_VERSION, 0) != KVM_API_VERSION) {
+        log_err("/dev/kvm: unsupported KVM API version");
+        return -ENOTSUP;
+    }
+    run_size = ioctl(vm->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
+    vm->vm_fd = ioctl(vm->kvm_fd, KVM_CREATE_VM, 0);
+    if (run_size <= 0 || vm->vm_fd < 0) {
+        int err = -errno;
+        log_err("KVM_CREATE_VM: %s", strerror(errno));
+        return err;
+    }
+    vm->run_size = (size_t)run_size;
+    return cpuid_get_supported(vm->kvm_fd, &vm->cpuid);
+}
+
+static void route_irqchip(struct kvm_irq_routing_entry *e, uint32_t gsi, uint32_t chip,
+                          uint32_t pin)
+{
+    *e = (struct kvm_irq_routing_entry){ .gsi = gsi, .type = KVM_IRQ_ROUTING_IRQCHIP };
+    e->u.irqchip.irqchip = chip;
+    e->u.irqchip.pin = pin;
+}
+
+/* As on a PC: ISA IRQ n goes to PIC pin n and IOAPIC pin n, except the PIT
+ * (GSI 0), which the MADT override sends to IOAPIC pin 2. */
+static int vm_irq_routing(struct vm *vm)
+{
+    struct {
+        struct kvm_irq_routing hdr;
+        struct kvm_irq_routing_entry e[48];
+    } r = { 0 };
+    unsigned n = 0;
+
+    for (uint32_t gsi = 0; gsi < 24; gsi++) {
+        if (gsi < 16 && gsi != 2)
+            route_irqchip(&r.e[n++], gsi, KVM_IRQCHIP_PIC_MASTER + (gsi >= 8), gsi % 8);
+        if (gsi != 2)
+            route_irqchip(&r.e[n++], gsi, KVM_IRQCHIP_IOAPIC, gsi == 0 ? 2 : gsi);
+    }
+    r.hdr.nr = n;
+    return vm_ioctl(vm, KVM_SET_GSI_ROUTING, &r, "KVM_SET_GSI_ROUTING");
+}
+
+static int vm_setup_irqchip(struct vm *vm)
+{
+    struct kvm_pit_config pit = { .flags = KVM_PIT_SPEAKER_DUMMY };
+    uint64_t idmap = KVM_IDENTITY_MAP_ADDR;
+    int ret;
+
+    ret = vm_ioctl(vm, KVM_SET_IDENTITY_MAP_ADDR, &idmap, "KVM_SET_IDENTITY_MAP_ADDR");
+    if (ret == 0 && ioctl(vm->vm_fd, KVM_SET_TSS_ADDR, KVM_TSS_ADDR) < 0)
+        ret = -errno, log_err("KVM_SET_TSS_ADDR: %s", strerror(errno));
+    if (ret == 0)
+        ret = vm_ioctl(vm, KVM_CREATE_IRQCHIP, NULL, "KVM_CREATE_IRQCHIP");
+    if (ret == 0)
+        ret = vm_ioctl(vm, KVM_CREATE_PIT2, &pit, "KVM_CREATE_PIT2");
+    if (ret == 0)
+        ret = vm_irq_routing(vm);
+    return ret;
+}
+
+static void vm_on_power(void *ctx, enum power_event ev)
+{
+    vm_request_stop(ctx, 0, ev == POWER_OFF ? "guest powered off" :
+                                "guest reset (ferry does not reboot guests)");
+}
+
+static int vm_console_fd(struct vm *vm, const char *console, int *out)
+{
+    const char *path;
+
+    vm->console_fd = -1;
+    if (!console || strcmp(console, "stdio") == 0) {
+        *out = STDOUT_FILENO;
+        return 0;
+    }
+    if (strcmp(console, "none") == 0) {
+        *out = -1;
+        return 0;
+    }
+    path = console + 5;   /* "file:" was checked by the argument parser */
+    vm->console_fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
+    if (vm->console_fd < 0) {
+        int err = -errno;
+        log_err("console file %s: %s", path, strerror(errno));
+        return err;
+    }
+    *out = vm->console_fd;
+    return 0;
+}
+
+static int vm_setup_devices(struct vm *vm, const struct vm_config *cfg)
+{
+    bool no_input = cfg->console && strcmp(cfg->console, "none") == 0;
+    int out_fd = -1, ret;
+
+    pio_init(&vm->pio);
+    ret = vm_console_fd(vm, cfg->console, &out_fd);
+    if (ret == 0)
+        ret = serial_init(&vm->serial, &vm->pio, vm->vm_fd, out_fd,
+                          no_input ? -1 : STDIN_FILENO);
+    if (ret == 0)
+        ret = rtc_init(&vm->rtc, &vm->pio, cfg->mem_bytes, cfg->ncpus);
+    if (ret == 0)
+        ret = pci_init(&vm->pci, &vm->pio);
+    if (ret == 0)
+        ret = acpi_pm_init(&vm->pm, &vm->pio, vm_on_power, vm);
+    if (ret == 0)
+        ret = debugcon_init(&vm->debugcon, &vm->pio, cfg->debugcon);
+    if (ret < 0)
+        log_err("setting up devices: %s", strerror(-ret));
+    return ret;
+}
+
+static int vm_setup_memory(struct vm *vm, uint64_t bytes)
+{
+    int ret = mem_create(&vm->mem, bytes);
+
+    if (ret < 0) {
+        log_err("guest memory of %llu MiB: %s", (unsigned long long)(bytes / MIB),
+                strerror(-ret));
+        return ret;
+    }
+    return mem_register(&vm->mem, vm->vm_fd);
+}
+
+static void vm_init_fields(struct vm *vm, const struct vm_config *cfg)
+{
+    memset(vm, 0, sizeof(*vm));
+    vm->kvm_fd = vm->vm_fd = vm->stop_efd = vm->console_fd = -1;
+    vm->mem.fd = -1;
+    vm->cfg = cfg;
+    vm->ncpus = cfg->ncpus;
+    pthread_mutex_init(&vm->lock, NULL);
+    pthread_cond_init(&vm->cond, NULL);
+}
+
+int vm_create(struct vm *vm, const struct vm_config *cfg)
+{
+    struct boot_config boot = { cfg->kernel, cfg->initrd, cfg->cmdline, cfg->ncpus };
+    int ret;
+
+    vm_init_fields(vm, cfg);
+    vm->stop_efd = eventfd(0, EFD_CLOEXEC);
+    ret = vm->stop_efd < 0 ? -errno : vm_open_kvm(vm);
+    if (ret == 0)
+        ret = vm_setup_irqchip(vm);
+    if (ret == 0)
+        ret = vm_setup_memory(vm, cfg->mem_bytes);
+    if (ret == 0)
+        ret = vm_setup_devices(vm, cfg);
+    if (ret == 0)
+        ret = boot_load(&vm->mem, &boot, &vm->entry);
+    for (unsigned i = 0; ret == 0 && i < vm->ncpus; i++)
+        ret = vcpu_create(vm, i);
+    return ret;
+}
+
+int vm_start(struct vm *vm)
+{
+    int ret = vcpu_signals_init();
+
+    vm->start_ns = time_now_ns();
+    vm->state = VM_RUNNING;
+    for (unsigned i = 0; ret == 0 && i < vm->ncpus; i++)
+        ret = vcpu_start(&vm->vcpus[i]);
+    if (ret == 0)
+        ret = serial_start_input(&vm->serial);
+    if (ret < 0)
+        vm_request_stop(vm, 1, "could not start the VM's threads");
+    return ret;
+}
+
+void vm_request_stop(struct vm *vm, int code, const char *reason)
+{
+    uint64_t one = 1;
+    bool first;
+
+    pthread_mutex_lock(&vm->lock);
+    first = !vm->stop_req;
+    if (first) {
+        __atomic_store_n(&vm->stop_req, true, __ATOMIC_RELEASE);
+        vm->exit_code = code;
+        snprintf(vm->exit_reason, sizeof(vm->exit_reason), "%s", reason);
+    }
+    pthread_cond_broadcast(&vm->cond);
+    pthread_mutex_unlock(&vm->lock);
+    if (!first)
+        return;
+    for (unsigned i = 0; i < vm->ncpus; i++)
+        vcpu_kick(&vm->vcpus[i]);
+    if (write(vm->stop_efd, &one, sizeof(one)) < 0)
+        log_err("waking the main thread: %s", strerror(errno));
+}
+
+static void vm_wait_stop(struct vm *vm)
+{
+    sigset_t set;
+    struct signalfd_siginfo si;
+    struct pollfd pfd[2];
+    char reason[64];
+
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
+    pfd[0] = (struct pollfd){ .fd = vm->stop_efd, .events = POLLIN };
+    pfd[1] = (struct pollfd){ .fd = signalfd(-1, &set, SFD_CLOEXEC), .events = POLLIN };
+    while (!__atomic_load_n(&vm->stop_req, __ATOMIC_ACQUIRE)) {
+        if (poll(pfd, 2, -1) < 0 && errno != EINTR)
+            break;
+        if ((pfd[1].revents & POLLIN) && read(pfd[1].fd, &si, sizeof(si)) == sizeof(si)) {
+            snprintf(reason, sizeof(reason), "stopped by signal %s", strsignal((int)si.ssi_signo));
+            vm_request_stop(vm, 128 + (int)si.ssi_signo, reason);
+        }
+    }
+    if (pfd[1].fd >= 0)
+        close(pfd[1].fd);
+}
+
+int vm_wait(struct vm *vm)
+{
+    vm_wait_stop(vm);
+    for (unsigned i = 0; i < vm->ncpus; i++)
+        if (vm->vcpus[i].thread_started)
+            pthread_join(vm->vcpus[i].thread, NULL);
+    serial_stop(&vm->serial);
+    pthread_mutex_lock(&vm->lock);
+    vm->state = VM_SHUTDOWN;
+    pthread_mutex_unlock(&vm->lock);
+    if (vm->exit_code == 0)
+        log_info("%s", vm->exit_reason);
+    else
+        log_err("%s", vm->exit_reason);
+    return vm->exit_code;
+}
+
+void vm_destroy(struct vm *vm)
+{
+    for (unsigned i = 0; i < vm->ncpus; i++)
+        if (vm->vcpus[i].vm)
+            vcpu_destroy(&vm->vcpus[i]);
+    debugcon_close(&vm->debugcon);
+    mem_destroy(&vm->mem);
+    if (vm->console_fd >= 0)
+        close(vm->console_fd);
+    if (vm->vm_fd >= 0)
+        close(vm->vm_fd);
+    if (vm->kvm_fd >= 0)
+        close(vm->kvm_fd);
+    if (vm->stop_efd >= 0)
+        close(vm->stop_efd);
+}
+
+static void vm_kick_all(struct vm *vm)
+{
+    for (unsigned i = 0; i < vm->ncpus; i++)
+        vcpu_kick(&vm->vcpus[i]);
+}
+
+int vm_pause(struct vm *vm)
+{
+    pthread_mutex_lock(&vm->lock);
+    if (vm->state != VM_RUNNING || vm->stop_req) {
+        pthread_mutex_unlock(&vm->lock);
+        return -EBUSY;
+    }
+    __atomic_store_n(&vm->pause_req, true, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&vm->lock);
+    vm_kick_all(vm);
+    pthread_mutex_lock(&vm->lock);
+    while (vm->npaused < vm->ncpus && !vm->stop_req)
+        pthread_cond_wait(&vm->cond, &vm->lock);
+    vm->state = vm->stop_req ? vm->state : VM_PAUSED;
+    vm->paused_since_ns = time_now_ns();
+    pthread_mutex_unlock(&vm->lock);
+    return vm->stop_req ? -ESHUTDOWN : 0;
+}
+
+int vm_resume(struct vm *vm)
+{
+    pthread_mutex_lock(&vm->lock);
+    if (vm->state != VM_PAUSED || vm->stop_req) {
+        pthread_mutex_unlock(&vm->lock);
+        return -EBUSY;
+    }
+    __atomic_store_n(&vm->pause_req, false, __ATOMIC_RELEASE);
+    vm->state = VM_RUNNING;
+    vm->paused_total_ns += time_now_ns() - vm->paused_since_ns;
+    pthread_cond_broadcast(&vm->cond);
+    pthread_mutex_unlock(&vm->lock);
+    return 0;
+}
+
+uint64_t vm_uptime_ns(struct vm *vm)
+{
+    return vm->start_ns ? time_now_ns() - vm->start_ns : 0;
+}

@@ -1,0 +1,181 @@
+"""Helpers for integration tests: start ferry on real KVM with the test guest,
+read its console, type into it, and talk to its API."""
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+FERRY = os.environ.get("FERRY_BIN", os.path.join(ROOT, "build", "asan", "ferry"))
+GUEST = os.environ.get("FERRY_GUEST", os.path.join(ROOT, "build", "guest", "testguest"))
+LINUX_DIR = os.path.join(ROOT, "build", "guest")
+
+SAN_ENV = {
+    "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0:exitcode=99",
+    "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1:exitcode=98",
+}
+SAN_MARKERS = ("AddressSanitizer", "LeakSanitizer", "runtime error:", "UndefinedBehaviorSanitizer")
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path, timeout=10):
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+def api(sock_path, method, path, body=None, timeout=10):
+    """Returns (status, parsed JSON or None)."""
+    conn = UnixHTTPConnection(sock_path, timeout)
+    data = json.dumps(body) if isinstance(body, (dict, list)) else body
+    conn.request(method, path, body=data,
+                 headers={"Content-Type": "application/json"} if data else {})
+    resp = conn.getresponse()
+    raw = resp.read()
+    conn.close()
+    return resp.status, (json.loads(raw) if raw else None)
+
+
+def run_cli(*args, timeout=30):
+    return subprocess.run([FERRY, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **SAN_ENV})
+
+
+class Console:
+    """Incremental reader of a console file, with a cursor."""
+
+    def __init__(self, path):
+        self.path = path
+        self.text = ""
+        self.pos = 0
+
+    def refresh(self):
+        try:
+            with open(self.path, "rb") as f:
+                self.text = f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            pass
+        return self.text
+
+    def lines(self, pattern):
+        return re.findall(pattern, self.refresh(), re.M)
+
+
+class Vm:
+    def __init__(self, tmpdir, cmdline="", memory=512, cpus=1, kernel=None, extra=(),
+                 api_socket=True, console=True):
+        self.dir = str(tmpdir)
+        self.sock = os.path.join(self.dir, "api.sock") if api_socket else None
+        self.console_path = os.path.join(self.dir, "console.log")
+        self.stderr_path = os.path.join(self.dir, "ferry.stderr")
+        args = [FERRY, "run", "--kernel", kernel or GUEST, "--memory", str(memory),
+                "--cpus", str(cpus)]
+        if cmdline:
+            args += ["--cmdline", cmdline]
+        if self.sock:
+            args += ["--api-socket", self.sock]
+        if console:
+            args += ["--console", "file:" + self.console_path]
+        args += list(extra)
+        self.args = args
+        self.console = Console(self.console_path)
+        self.stderr = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                     stderr=self.stderr, env={**os.environ, **SAN_ENV})
+        self.started = time.monotonic()
+
+    # --- console -------------------------------------------------------
+    def wait_for(self, pattern, timeout=20, start=0):
+        """Waits for a regex in the console (from offset start); returns the match."""
+        deadline = time.monotonic() + timeout
+        rx = re.compile(pattern, re.M)
+        while True:
+            m = rx.search(self.console.refresh(), start)
+            if m:
+                return m
+            if self.proc.poll() is not None:
+                raise AssertionError(f"ferry exited ({self.proc.returncode}) before /{pattern}/;"
+                                     f"\n--- console ---\n{self.console.text[-3000:]}"
+                                     f"\n--- stderr ---\n{self.stderr_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timeout waiting for /{pattern}/;"
+                                     f"\n--- console ---\n{self.console.text[-3000:]}"
+                                     f"\n--- stderr ---\n{self.stderr_text()[-3000:]}")
+            time.sleep(0.05)
+
+    def mark(self):
+        return len(self.console.refresh())
+
+    def type(self, text):
+        self.proc.stdin.write(text.encode())
+        self.proc.stdin.flush()
+
+    def heartbeats(self, start=0):
+        """[(seq, guest_ns, pages)] seen so far after offset start."""
+        text = self.console.refresh()[start:]
+        return [tuple(int(x) for x in m) for m in
+                re.findall(r"^HB (\d+) (\d+) (\d+)\s*$", text, re.M)]
+
+    # --- API -----------------------------------------------------------
+    def api(self, method, path, body=None):
+        return api(self.sock, method, path, body)
+
+    def wait_api(self, timeout=10):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if os.path.exists(self.sock):
+                try:
+                    return self.api("GET", "/v1/vm")
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        raise AssertionError("API socket never answered")
+
+    # --- lifetime --------------------------------------------------------
+    def wait_exit(self, timeout=20):
+        return self.proc.wait(timeout=timeout)
+
+    def stderr_text(self):
+        self.stderr.flush()
+        with open(self.stderr_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.stderr.close()
+        err = self.stderr_text()
+        for marker in SAN_MARKERS:
+            assert marker not in err, f"sanitizer report from ferry:\n{err[-5000:]}"
+
+
+def make_elf(code, entry_offset=0, load=0x100000):
+    """A minimal ELF64 with one segment and a FERRY 64-bit entry note, for
+    hand-written test kernels (raw machine code)."""
+    ehdr_size, phdr_size = 64, 56
+    note = struct.pack("<III", 6, 8, 1) + b"FERRY\0\0\0" + struct.pack("<Q", load + entry_offset)
+    code_off = 0x1000
+    note_off = ehdr_size + 2 * phdr_size
+    ehdr = (b"\x7fELF" + bytes([2, 1, 1]) + bytes(9) +
+            struct.pack("<HHIQQQIHHHHHH", 2, 62, 1, load + entry_offset, ehdr_size, 0, 0,
+                        ehdr_size, phdr_size, 2, 0, 0, 0))
+    load_ph = struct.pack("<IIQQQQQQ", 1, 7, code_off, load, load, len(code), len(code), 0x1000)
+    note_ph = struct.pack("<IIQQQQQQ", 4, 4, note_off, 0, 0, len(note), len(note), 4)
+    head = ehdr + load_ph + note_ph + note
+    return head + bytes(code_off - len(head)) + code

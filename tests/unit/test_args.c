@@ -1,0 +1,105 @@
+/* `ferry run` argument parsing: defaults, each option, and bad input. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "cli/args.h"
+#include "util/util.h"
+
+#define ARGV(...) (char *[]){ "run", __VA_ARGS__, NULL }
+#define ARGC(v) ((int)(sizeof(v) / sizeof(char *)) - 1)
+
+static int parse(int argc, char **argv, struct run_args *a, char *err)
+{
+    return args_parse_run(argc, argv, a, err, 256);
+}
+
+static void test_defaults(void **state)
+{
+    struct run_args a;
+    char err[256] = "";
+    char **v = ARGV("--kernel", "k");
+
+    (void)state;
+    assert_int_equal(parse(3, v, &a, err), 0);
+    assert_string_equal(a.vm.kernel, "k");
+    assert_int_equal(a.vm.mem_bytes, ARGS_DEFAULT_MEMORY_MIB * MIB);
+    assert_int_equal(a.vm.ncpus, 1);
+    assert_string_equal(a.vm.console, "stdio");
+    assert_null(a.vm.api_socket);
+}
+
+static void test_all_options(void **state)
+{
+    struct run_args a;
+    char err[256] = "";
+    char **v = ARGV("--kernel", "k", "--initrd", "i", "--cmdline", "a=b c", "--memory", "256",
+                    "--cpus", "4", "--api-socket", "/tmp/s", "--console", "file:/tmp/c",
+                    "--debugcon", "/tmp/d", "--log-level", "debug");
+
+    (void)state;
+    assert_int_equal(parse(19, v, &a, err), 0);
+    assert_string_equal(a.vm.initrd, "i");
+    assert_string_equal(a.vm.cmdline, "a=b c");
+    assert_int_equal(a.vm.mem_bytes, 256 * MIB);
+    assert_int_equal(a.vm.ncpus, 4);
+    assert_string_equal(a.vm.api_socket, "/tmp/s");
+    assert_string_equal(a.vm.console, "file:/tmp/c");
+    assert_string_equal(a.vm.debugcon, "/tmp/d");
+    assert_int_equal(a.log_level, 3);
+}
+
+static void expect_error(char **v, int argc, const char *fragment)
+{
+    struct run_args a;
+    char err[256] = "";
+
+    assert_int_equal(parse(argc, v, &a, err), -EINVAL);
+    if (!strstr(err, fragment))
+        fail_msg("error '%s' does not mention '%s'", err, fragment);
+}
+
+static void test_bad_input(void **state)
+{
+    (void)state;
+    expect_error(ARGV("--memory", "256"), 3, "--kernel is required");
+    expect_error(ARGV("--kernel", "k", "--memory", "0"), 5, "--memory");
+    expect_error(ARGV("--kernel", "k", "--memory", "-5"), 5, "--memory");
+    expect_error(ARGV("--kernel", "k", "--memory", "12abc"), 5, "--memory");
+    expect_error(ARGV("--kernel", "k", "--memory", "99999998"), 5, "more than this host");
+    expect_error(ARGV("--kernel", "k", "--cpus", "0"), 5, "--cpus");
+    expect_error(ARGV("--kernel", "k", "--cpus", "1000"), 5, "--cpus");
+    expect_error(ARGV("--kernel", "k", "--console", "tcp:1"), 5, "--console");
+    expect_error(ARGV("--kernel", "k", "--console", "file:"), 5, "--console");
+    expect_error(ARGV("--kernel", "k", "--bogus"), 4, "unknown");
+    expect_error(ARGV("--kernel", "k", "extra"), 4, "unexpected argument");
+    expect_error(ARGV("--kernel", "k", "--log-level", "loud"), 5, "--log-level");
+    expect_error(ARGV("--kernel"), 2, "unknown or incomplete");
+}
+
+static void test_help_and_reparse(void **state)
+{
+    struct run_args a;
+    char err[256] = "";
+
+    (void)state;
+    assert_int_equal(parse(2, ARGV("--help"), &a, err), ARGS_HELP);
+    /* getopt state is reset: a second parse sees all options again. */
+    assert_int_equal(parse(5, ARGV("--kernel", "x", "--cpus", "2"), &a, err), 0);
+    assert_int_equal(a.vm.ncpus, 2);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_all_options),
+        cmocka_unit_test(test_bad_input),
+        cmocka_unit_test(test_help_and_reparse),
+    };
+    return cmocka_run_group_tests_name("args", tests, NULL, NULL);
+}
