@@ -155,21 +155,73 @@ trap_stub_\vec:
     jmp trap_common
 .endm
 
-    .irp v, 0,1,2,3,4,5,6,7,9,15,16,18,19,20,22,23,24,25,26,27,28,31
+    .irp v, 0,1,2,3,4,5,7,9,15,16,18,19,20,22,23,24,25,26,27,28,31
     TRAP_NOERR \v
     .endr
     .irp v, 8,10,11,12,13,14,17,21,29,30
     TRAP_ERR \v
     .endr
 
+/*
+ * #UD: on PVM a CPL3 "int $0x80" arrives here with RIP on the CD 80 bytes. Step over
+ * them and take the system call path; anything else is a real #UD for trap_handle.
+ * (#GP gets the same check in C: it is not the usual way PVM reports it.)
+ */
+trap_stub_6:
+    testb $3, 8(%rsp)               /* frame: rip, cs, rflags, rsp, ss */
+    jz 1f
+    push %rcx
+    mov 8(%rsp), %rcx
+    cmpw $0x80cd, (%rcx)
+    pop %rcx
+    jne 1f
+    addq $2, (%rsp)
+    jmp trap_syscall
+1:  pushq $0
+    pushq $6
+    jmp trap_common
+
+/*
+ * System calls: %rax = number, %rdi = argument, result in %rax, all else preserved.
+ * The sleep call is the hot one (every wake-up of every worker), so it is done here
+ * in a couple of dozen instructions: at CPL0 each one is emulated.
+ */
     .globl trap_serial, trap_syscall
+trap_syscall:
+    cmp $SYS_SLEEP_TSC, %rax
+    jne 3f
+    push %rcx
+    push %rdx
+    push %rsi
+    mov serial_rx, %esi             /* serial_rx.head: input also ends the sleep */
+    mov $0x6e0, %ecx                /* IA32_TSC_DEADLINE */
+    mov %edi, %eax
+    mov %rdi, %rdx
+    shr $32, %rdx
+    wrmsr
+1:  rdtsc
+    shl $32, %rdx
+    or %rdx, %rax
+    cmp %rdi, %rax
+    jae 2f
+    cmp serial_rx, %esi
+    jne 2f
+    sti                             /* the interrupt shadow keeps the wake-up from slipping in before hlt */
+    hlt
+    cli
+    jmp 1b
+2:  pop %rsi
+    pop %rdx
+    pop %rcx
+    xor %eax, %eax
+    iretq
+3:  pushq $0
+    pushq $VEC_SYSCALL
+    jmp trap_common
+
 trap_serial:
     pushq $0
     pushq $VEC_SERIAL
-    jmp trap_common
-trap_syscall:
-    pushq $0
-    pushq $VEC_SYSCALL
     /* fall through */
 
 /* Saves every GPR (system calls return only %rax) and calls trap_handle(frame). */

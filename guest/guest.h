@@ -23,7 +23,7 @@
 
 #define TRAMP_BASE      0x8000      /* SIPI vector 0x08 */
 
-#define SYS_SLEEP_UNTIL 0           /* rdi = guest ns */
+#define SYS_SLEEP_TSC   0           /* rdi = TSC deadline; user code converts from guest ns */
 #define SYS_HALT        1
 
 #define USER_RFLAGS     0x3202      /* IF | IOPL=3 | reserved bit 1 */
@@ -43,11 +43,11 @@ typedef int8_t s8;
 typedef int32_t s32;
 typedef int64_t s64;
 
-#define NS_PER_US       1000ULL
-#define NS_PER_MS       1000000ULL
-#define NS_PER_SEC      1000000000ULL
-#define PAGE_SIZE       4096ULL
-#define MIB             (1024ULL * 1024)
+#define NS_PER_US       1000UL
+#define NS_PER_MS       1000000UL
+#define NS_PER_SEC      1000000000UL
+#define PAGE_SIZE       4096UL
+#define MIB             (1024UL * 1024)
 
 #define ARRAY_SIZE(a)   (sizeof(a) / sizeof((a)[0]))
 #define MIN(a, b)       ((a) < (b) ? (a) : (b))

@@ -67,7 +67,7 @@ bool kvmclock_detect(void);
 void kvmclock_enable(u32 cpu);
 u64 kernel_now_ns(void);
 void kernel_delay_ns(u64 ns);
-void kernel_sleep_until(u64 ns);
+void kernel_sleep_tsc(u64 deadline);
 
 /* acpi.c: what boot needs from the tables (kernel) and the power-off facts (user) */
 #define ACPI_MAX_IOAPICS 8

@@ -37,12 +37,12 @@ void kernel_delay_ns(u64 ns)
 }
 
 /*
- * Sleeps until guest time `ns` on the TSC-deadline timer. Also returns when serial
- * input arrived (on the CPU that takes IRQ 4), so the console stays responsive.
+ * Sleeps until the TSC reaches `deadline` (TSC-deadline timer). Also returns when
+ * serial input arrived (on the CPU that takes IRQ 4), so the console stays responsive.
+ * The same as entry.S's fast path, for system calls that arrive as #GP.
  */
-void kernel_sleep_until(u64 ns)
+void kernel_sleep_tsc(u64 deadline)
 {
-    u64 deadline = pvclock_ns_to_tsc(&pvclock[cpu_index()], ns);
     u32 rx = serial_rx.head;
 
     wrmsr(MSR_TSC_DEADLINE, deadline);

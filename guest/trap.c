@@ -2,7 +2,8 @@
 #include "kernel.h"
 #include "x86.h"
 
-/* PVM delivers a CPL3 "int $0x80" as #UD (or #GP) with RIP still on the instruction. */
+/* PVM delivers a CPL3 "int $0x80" as #UD (checked in entry.S) or #GP with RIP still
+ * on the instruction. */
 static bool trap_is_int80(const struct trap_frame *f)
 {
     const u8 *ip = (const u8 *)f->rip;
@@ -13,8 +14,8 @@ static bool trap_is_int80(const struct trap_frame *f)
 static void syscall_handle(struct trap_frame *f)
 {
     switch (f->rax) {
-    case SYS_SLEEP_UNTIL:
-        kernel_sleep_until(f->rdi);
+    case SYS_SLEEP_TSC:         /* normally served in entry.S; here via #GP */
+        kernel_sleep_tsc(f->rdi);
         f->rax = 0;
         break;
     case SYS_HALT:

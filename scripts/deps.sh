@@ -6,7 +6,7 @@ set -euo pipefail
 build_pkgs=(gcc make meson ninja-build pkg-config libjansson-dev libmicrohttpd-dev
             libcurl4-openssl-dev libxxhash-dev libzstd-dev liblz4-dev liburing-dev
             libcmocka-dev python3)
-test_pkgs=(python3-pytest clang libclang-rt-14-dev llvm iproute2 procps)
+test_pkgs=(python3-pytest python3-xxhash clang libclang-rt-14-dev llvm iproute2 procps)
 bench_pkgs=(qemu-system-x86 gnuplot-nox)
 linux_pkgs=(cpio gzip)
 

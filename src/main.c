@@ -1,5 +1,6 @@
 /* ferry: a KVM VMM built for live migration. Verb dispatch. */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -10,7 +11,9 @@
 #include "api/routes_vm.h"
 #include "cli/args.h"
 #include "cli/client.h"
+#include "cli/verbs.h"
 #include "util/log.h"
+#include "util/util.h"
 #include "version.h"
 #include "vm/vm.h"
 
@@ -50,19 +53,88 @@ static void signals_block(void)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
 }
 
-static int run_vm(struct vm *vm, const struct run_args *a)
+/* The snapshot must describe the VM the options (if any) ask for, and a CPU
+ * this host offers. */
+static int restore_check(struct vm *vm, const struct run_args *a,
+                         const struct stream_header *h, char *err, size_t len)
+{
+    if (a->memory_given && a->vm.mem_bytes != h->mem_size)
+        snprintf(err, len, "snapshot is of a %llu MiB VM, --memory asks for %llu MiB",
+                 (unsigned long long)(h->mem_size >> 20),
+                 (unsigned long long)(a->vm.mem_bytes >> 20));
+    else if (a->cpus_given && a->vm.ncpus != h->ncpus)
+        snprintf(err, len, "snapshot is of a %u-vCPU VM, --cpus asks for %u", h->ncpus,
+                 a->vm.ncpus);
+    else if (vm && h->cpuid_fingerprint != vm_cpuid_fingerprint(vm))
+        snprintf(err, len, "snapshot was taken on a CPU model this host does not offer");
+    else
+        return 0;
+    return -EINVAL;
+}
+
+static int restore_open(struct run_args *a, struct stream_header *h, int *fd)
+{
+    char err[256] = "";
+    int ret;
+
+    *fd = open(a->snapshot, O_RDONLY | O_CLOEXEC);
+    if (*fd < 0) {
+        log_err("snapshot %s: %s", a->snapshot, strerror(errno));
+        return -errno;
+    }
+    ret = vm_read_header(*fd, h, err, sizeof(err));
+    if (ret == 0)
+        ret = restore_check(NULL, a, h, err, sizeof(err));
+    if (ret == 0 && (h->ncpus > VM_MAX_VCPUS || mem_check_size(h->mem_size, mem_host_total())))
+        ret = -EINVAL, snprintf(err, sizeof(err), "snapshot's VM (%u vCPUs, %llu MiB) cannot "
+                                "run on this host", h->ncpus,
+                                (unsigned long long)(h->mem_size >> 20));
+    if (ret < 0)
+        log_err("snapshot %s: %s", a->snapshot, err);
+    a->vm.mem_bytes = h->mem_size;
+    a->vm.ncpus = h->ncpus;
+    return ret;
+}
+
+static int restore_load(struct vm *vm, const struct run_args *a,
+                        const struct stream_header *h, int fd)
+{
+    char err[256] = "";
+    uint64_t t0 = time_now_ns();
+    int ret = restore_check(vm, a, h, err, sizeof(err));
+
+    if (ret == 0)
+        ret = vm_restore_stream(vm, fd, err, sizeof(err));
+    if (ret < 0) {
+        log_err("snapshot %s: %s; nothing was restored", a->snapshot, err);
+        return ret;
+    }
+    log_info("restored %s in %llu ms", a->snapshot,
+             (unsigned long long)((time_now_ns() - t0) / 1000000));
+    return 0;
+}
+
+static int run_vm(struct vm *vm, struct run_args *a)
 {
     struct api_server *api = NULL;
-    int code;
+    struct stream_header h;
+    int fd = -1, code;
 
-    if (vm_create(vm, &a->vm) < 0)
+    if (a->vm.restore && restore_open(a, &h, &fd) < 0)
         return 1;
+    if (vm_create(vm, &a->vm) < 0 || (a->vm.restore && restore_load(vm, a, &h, fd) < 0)) {
+        if (fd >= 0)
+            close(fd);
+        return 1;
+    }
+    if (fd >= 0)
+        close(fd);
     if (a->vm.api_socket &&
         api_start(&api, a->vm.api_socket, vm_routes, vm_routes_count, vm) < 0)
         return 1;
     if (a->vm.console && strcmp(a->vm.console, "stdio") == 0)
         tty_raw();
-    vm_start(vm);
+    vm_start(vm, a->paused);
     code = vm_wait(vm);
     if (api)
         api_stop(api);
@@ -78,11 +150,11 @@ static int run_main(int argc, char **argv)
     int ret = args_parse_run(argc, argv, &a, err, sizeof(err));
 
     if (ret == ARGS_HELP) {
-        args_run_usage();
+        strcmp(argv[0], "restore") == 0 ? args_restore_usage() : args_run_usage();
         return 0;
     }
     if (ret < 0) {
-        fprintf(stderr, "ferry run: %s\n", err);
+        fprintf(stderr, "ferry %s: %s\n", argv[0], err);
         return 2;
     }
     log_set_level((enum log_level)a.log_level);
@@ -98,6 +170,8 @@ static void usage(void)
         "usage: ferry <verb> [options]\n"
         "verbs:\n"
         "  run        start a VM (ferry run --help)\n"
+        "  restore    start a VM from a snapshot (ferry restore --help)\n"
+        "  snapshot   pause a VM and write its snapshot (--api-socket PATH FILE [--resume])\n"
         "  status     show a running VM (--api-socket PATH)\n"
         "  pause      pause a VM's vCPUs\n"
         "  resume     resume a paused VM\n"
@@ -118,8 +192,10 @@ int main(int argc, char **argv)
         printf("ferry %s\n", FERRY_VERSION);
         return 0;
     }
-    if (strcmp(verb, "run") == 0)
+    if (strcmp(verb, "run") == 0 || strcmp(verb, "restore") == 0)
         return run_main(argc - 1, argv + 1);
+    if (strcmp(verb, "snapshot") == 0)
+        return verb_snapshot_main(argc - 1, argv + 1);
     if (strcmp(verb, "status") == 0 || strcmp(verb, "pause") == 0 ||
         strcmp(verb, "resume") == 0 || strcmp(verb, "shutdown") == 0)
         return client_verb_main(argc - 1, argv + 1);

@@ -1,4 +1,3 @@
-/* SPDX-License-Identifier: GPL-2.0-only */
 /*
  * REST API server: HTTP/1.1 + JSON on a unix socket (see docs/API.md).
  *
@@ -6,11 +5,11 @@
  * routes; each route calls back into the VM layer with the parsed request body.
  * New features (snapshot, migration, ...) add routes by adding table entries.
  *
- * Threading: handlers run on the server's own polling thread, concurrently with
- * the vCPU and main threads, so the VM layer must make them thread-safe. They
- * are called one at a time (a single server thread), and a slow handler delays
- * every other request. A handler must never call api_stop() (it would join its
- * own thread): it should ask the main loop to do it, e.g. for shutdown.
+ * Threading: each connection has a thread of its own, so handlers run
+ * concurrently with each other and with the vCPU and main threads; the VM
+ * layer makes them thread-safe. A long handler (snapshot, migration) does not
+ * delay status queries. A handler must never call api_stop() (it would join
+ * its own thread): it should ask the main loop to do it, e.g. for shutdown.
  */
 #ifndef FERRY_API_API_H
 #define FERRY_API_API_H
@@ -35,9 +34,9 @@ struct api_server;
 typedef int (*api_handler_fn)(void *ctx, json_t *body, json_t **resp);
 
 struct api_route {
-	const char *method;	/* "GET", "PUT", ...: matched case-sensitively */
-	const char *path;	/* exact path, e.g. "/v1/vm": no prefix or pattern matching */
-	api_handler_fn fn;
+    const char *method; /* "GET", "PUT", ...: matched case-sensitively */
+    const char *path;   /* exact path, e.g. "/v1/vm": no prefix or pattern matching */
+    api_handler_fn fn;
 };
 
 /*
@@ -48,8 +47,8 @@ struct api_route {
  * the errno of the failing socket call (e.g. -ENOENT for a missing directory).
  * A stale socket file (nobody listening) is replaced. The socket is mode 0600.
  */
-int api_start(struct api_server **out, const char *socket_path,
-	      const struct api_route *routes, size_t nroutes, void *ctx);
+int api_start(struct api_server **out, const char *socket_path, const struct api_route *routes,
+              size_t nroutes, void *ctx);
 
 /*
  * Stops accepting, lets requests in flight finish (bounded wait) so that e.g.
@@ -67,8 +66,7 @@ json_t *api_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * route with *status = 200, or NULL with *status = 404 (no route has this path)
  * or 405 (some route has this path, none with this method).
  */
-const struct api_route *api_route_find(const struct api_route *routes, size_t n,
-				       const char *method, const char *path,
-				       int *status);
+const struct api_route *api_route_find(const struct api_route *routes, size_t n, const char *method,
+                                       const char *path, int *status);
 
 #endif /* FERRY_API_API_H */

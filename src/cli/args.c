@@ -3,13 +3,14 @@
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include "util/log.h"
 #include "util/util.h"
 
 enum { OPT_KERNEL = 256, OPT_INITRD, OPT_CMDLINE, OPT_MEMORY, OPT_CPUS,
-       OPT_API, OPT_CONSOLE, OPT_DEBUGCON, OPT_LOG };
+       OPT_API, OPT_CONSOLE, OPT_DEBUGCON, OPT_LOG, OPT_SNAPSHOT, OPT_PAUSED };
 
 static const struct option run_options[] = {
     { "kernel", required_argument, NULL, OPT_KERNEL },
@@ -21,6 +22,8 @@ static const struct option run_options[] = {
     { "console", required_argument, NULL, OPT_CONSOLE },
     { "debugcon", required_argument, NULL, OPT_DEBUGCON },
     { "log-level", required_argument, NULL, OPT_LOG },
+    { "snapshot", required_argument, NULL, OPT_SNAPSHOT },
+    { "paused", no_argument, NULL, OPT_PAUSED },
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
@@ -40,6 +43,17 @@ void args_run_usage(void)
         "  --debugcon PATH       port 0xe9 output to this file or FIFO\n"
         "  --log-level error|warning|info|debug, -v for debug\n",
         ARGS_DEFAULT_MEMORY_MIB, VM_MAX_VCPUS);
+}
+
+void args_restore_usage(void)
+{
+    fprintf(stderr,
+        "usage: ferry restore --snapshot FILE [options]\n"
+        "  --snapshot FILE       snapshot written by `ferry snapshot`\n"
+        "  --paused              start with the vCPUs paused\n"
+        "  --memory MiB, --cpus N  optional: must match the snapshot\n"
+        "  --api-socket PATH, --console stdio|file:PATH|none, --debugcon PATH,\n"
+        "  --log-level LEVEL, -v   as for ferry run\n");
 }
 
 static int args_memory(const char *s, uint64_t *bytes, char *err, size_t len)
@@ -102,8 +116,14 @@ static int args_one(int opt, struct run_args *a, char *err, size_t len)
     case OPT_KERNEL: c->kernel = optarg; return 0;
     case OPT_INITRD: c->initrd = optarg; return 0;
     case OPT_CMDLINE: c->cmdline = optarg; return 0;
-    case OPT_MEMORY: return args_memory(optarg, &c->mem_bytes, err, len);
-    case OPT_CPUS: return args_cpus(optarg, &c->ncpus, err, len);
+    case OPT_MEMORY:
+        a->memory_given = true;
+        return args_memory(optarg, &c->mem_bytes, err, len);
+    case OPT_CPUS:
+        a->cpus_given = true;
+        return args_cpus(optarg, &c->ncpus, err, len);
+    case OPT_SNAPSHOT: a->snapshot = optarg; return 0;
+    case OPT_PAUSED: a->paused = true; return 0;
     case OPT_API: c->api_socket = optarg; return 0;
     case OPT_CONSOLE: c->console = optarg; return args_console(optarg, err, len);
     case OPT_DEBUGCON: c->debugcon = optarg; return 0;
@@ -114,6 +134,26 @@ static int args_one(int opt, struct run_args *a, char *err, size_t len)
         snprintf(err, len, "unknown or incomplete option (see ferry run --help)");
         return -EINVAL;
     }
+}
+
+/* run needs a kernel; restore takes everything from its snapshot. */
+static int args_check_verb(struct run_args *a, bool restore, char *err, size_t len)
+{
+    const char *bad = NULL;
+
+    if (restore) {
+        bad = !a->snapshot ? "--snapshot is required" :
+              a->vm.kernel || a->vm.initrd || a->vm.cmdline ?
+              "--kernel, --initrd and --cmdline come from the snapshot" : NULL;
+        a->vm.restore = true;
+    } else {
+        bad = !a->vm.kernel ? "--kernel is required" :
+              a->snapshot || a->paused ? "--snapshot and --paused belong to ferry restore" :
+              NULL;
+    }
+    if (bad)
+        snprintf(err, len, "%s", bad);
+    return bad ? -EINVAL : 0;
 }
 
 int args_parse_run(int argc, char **argv, struct run_args *out, char *err, size_t errlen)
@@ -136,9 +176,5 @@ int args_parse_run(int argc, char **argv, struct run_args *out, char *err, size_
         snprintf(err, errlen, "unexpected argument '%s'", argv[optind]);
         return -EINVAL;
     }
-    if (!out->vm.kernel) {
-        snprintf(err, errlen, "--kernel is required");
-        return -EINVAL;
-    }
-    return 0;
+    return args_check_verb(out, strcmp(argv[0], "restore") == 0, err, errlen);
 }

@@ -12,10 +12,16 @@
 struct run_args {
     struct vm_config vm;
     int log_level;            /* enum log_level */
+    const char *snapshot;     /* restore: the file to start from */
+    bool paused;              /* restore: start with vCPUs paused */
+    bool memory_given;        /* restore: --memory/--cpus must match the snapshot */
+    bool cpus_given;
 };
 
-/* argv[0] is the verb. Returns 0, ARGS_HELP, or -EINVAL with a message in err. */
+/* argv[0] is the verb ("run" or "restore"). Returns 0, ARGS_HELP, or -EINVAL
+ * with a message in err. */
 int args_parse_run(int argc, char **argv, struct run_args *out, char *err, size_t errlen);
 void args_run_usage(void);
+void args_restore_usage(void);
 
 #endif

@@ -1,4 +1,3 @@
-/* SPDX-License-Identifier: GPL-2.0-only */
 /*
  * CLI side of the REST API (docs/API.md): talks HTTP to a running ferry's
  * unix socket with libcurl.
@@ -8,10 +7,10 @@
 
 /* Process exit codes of the client verbs. */
 enum client_exit {
-	CLIENT_EXIT_OK = 0,
-	CLIENT_EXIT_API = 1,		/* the API answered with an error (or garbage) */
-	CLIENT_EXIT_USAGE = 2,		/* bad command line */
-	CLIENT_EXIT_CONNECT = 3,	/* could not reach the API (or lost it mid-request) */
+    CLIENT_EXIT_OK = 0,
+    CLIENT_EXIT_API = 1,     /* the API answered with an error (or garbage) */
+    CLIENT_EXIT_USAGE = 2,   /* bad command line */
+    CLIENT_EXIT_CONNECT = 3, /* could not reach the API (or lost it mid-request) */
 };
 
 /*
@@ -20,11 +19,12 @@ enum client_exit {
  * *status and *resp (malloc'd, NUL-terminated, may be empty; caller frees).
  * Otherwise returns a negative errno: -ENOENT (no socket file), -ECONNREFUSED
  * (nobody listening), -EACCES, -ENAMETOOLONG (path too long for a unix socket),
- * -ECONNRESET (connection lost before a full reply), -ENOMEM, -EIO (other).
+ * -ETIMEDOUT (connect timed out), -ECONNRESET (connection lost before a full
+ * reply), -EPROTO (the reply is not HTTP), -ENOMEM, -EIO (other).
  * Thread-safe.
  */
-int client_request(const char *socket_path, const char *method, const char *path,
-		   const char *body, long *status, char **resp);
+int client_request(const char *socket_path, const char *method, const char *path, const char *body,
+                   long *status, char **resp);
 
 /*
  * The simple verbs; argv[0] is the verb: "status", "pause", "resume" or
@@ -41,6 +41,6 @@ int client_verb_main(int argc, char **argv);
  * Returns an exit code (enum client_exit).
  */
 int client_verb_request(const char *verb, const char *socket_path, const char *method,
-			const char *path, const char *body);
+                        const char *path, const char *body);
 
 #endif /* FERRY_CLI_CLIENT_H */

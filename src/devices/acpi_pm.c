@@ -5,6 +5,7 @@
 #include "arch/x86/acpi.h"
 #include "util/log.h"
 #include "util/util.h"
+#include "state/state.h"
 
 #define PM1_SCI_EN   0x0001
 #define PM1_SLP_EN   0x2000
@@ -107,3 +108,20 @@ int acpi_pm_init(struct acpi_pm *pm, struct pio_bus *bus,
         ret = pio_register(bus, 0x60, 5, &i8042_ops, pm, "i8042");
     return ret;
 }
+
+static int acpi_pm_state_walk(struct state_walker *w, void *obj)
+{
+    struct acpi_pm *pm = obj;
+
+    pthread_mutex_lock(&pm->lock);
+    walk_u16(w, &pm->pm1_sts, "pm1_sts");
+    walk_u16(w, &pm->pm1_en, "pm1_en");
+    walk_u16(w, &pm->pm1_cnt, "pm1_cnt");
+    pthread_mutex_unlock(&pm->lock);
+    return w->err;
+}
+
+const struct state_ops acpi_pm_state_ops = {
+    .name = "acpi_pm", .id = SECTION_ACPI_PM, .version = 1, .min_version = 1,
+    .walk = acpi_pm_state_walk,
+};

@@ -23,4 +23,7 @@ int acpi_pm_init(struct acpi_pm *pm, struct pio_bus *bus,
 /* PM timer value (3.579545 MHz, 24 bits used by old guests, 32 here) (pure). */
 uint32_t acpi_pm_timer(uint64_t ns);
 
+struct state_ops;
+extern const struct state_ops acpi_pm_state_ops;
+
 #endif

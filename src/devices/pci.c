@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <string.h>
+#include "state/state.h"
 
 #define PCI_ENABLE   0x80000000U
 
@@ -121,3 +122,26 @@ int pci_init(struct pci_bus *pci, struct pio_bus *bus)
         return -EBUSY;
     return pio_register(bus, PCI_CONFIG_DATA, 4, &pci_data_ops, pci, "pci-data");
 }
+
+/* Only the bytes the guest can change travel; read-only bytes (IDs, class)
+ * must already match or the device is not the same device. */
+static int pci_state_walk(struct state_walker *w, void *obj)
+{
+    struct pci_device *dev = obj;
+    uint8_t cfg[PCI_CFG_SIZE];
+
+    memcpy(cfg, dev->cfg, sizeof(cfg));
+    walk_buf(w, cfg, sizeof(cfg), "config space");
+    if (walk_loading(w) && !w->err) {
+        for (unsigned i = 0; i < PCI_CFG_SIZE; i++)
+            if ((cfg[i] ^ dev->cfg[i]) & ~dev->wmask[i])
+                return walk_fail(w, -EINVAL, "read-only config bytes differ");
+        memcpy(dev->cfg, cfg, sizeof(cfg));
+    }
+    return w->err;
+}
+
+const struct state_ops pci_state_ops = {
+    .name = "pci", .id = SECTION_PCI, .version = 1, .min_version = 1,
+    .walk = pci_state_walk,
+};

@@ -35,4 +35,7 @@ void pci_cfg_write(struct pci_bus *pci, uint32_t addr, unsigned off, unsigned si
 void pci_dev_init(struct pci_device *dev, uint16_t vendor, uint16_t device,
                   uint32_t class_code, const char *name);
 
+struct state_ops;
+extern const struct state_ops pci_state_ops;
+
 #endif

@@ -4,6 +4,7 @@
 
 #include "arch/x86/e820.h"
 #include "util/util.h"
+#include "state/state.h"
 
 #define RTC_REG_A 0x0a
 #define RTC_REG_B 0x0b
@@ -115,3 +116,29 @@ int rtc_init(struct rtc *rtc, struct pio_bus *bus, uint64_t ram_bytes, unsigned 
     rtc_set_memory(rtc->cmos, ram_bytes, ncpus);
     return pio_register(bus, 0x70, 2, &rtc_ops, rtc, "rtc");
 }
+
+/* Version 2 added the guest clock offset; version-1 streams load with the
+ * guest clock following the host's (offset 0). This is the example of an
+ * older section version staying readable (docs/STREAM.md). */
+static int rtc_state_walk(struct state_walker *w, void *obj)
+{
+    struct rtc *rtc = obj;
+    uint64_t offset = (uint64_t)rtc->offset_s;
+
+    pthread_mutex_lock(&rtc->lock);
+    walk_u8(w, &rtc->index, "index");
+    walk_buf(w, rtc->cmos, sizeof(rtc->cmos), "cmos");
+    if (w->version >= 2)
+        walk_u64(w, &offset, "offset");
+    else if (walk_loading(w))
+        offset = 0;
+    if (walk_loading(w) && !w->err)
+        rtc->offset_s = (int64_t)offset;
+    pthread_mutex_unlock(&rtc->lock);
+    return w->err;
+}
+
+const struct state_ops rtc_state_ops = {
+    .name = "rtc", .id = SECTION_RTC, .version = 2, .min_version = 1,
+    .walk = rtc_state_walk,
+};

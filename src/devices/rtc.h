@@ -21,4 +21,7 @@ uint8_t rtc_read_reg(struct rtc *rtc, uint8_t reg, time_t now);
 /* Fills the CMOS memory-size fields as PC firmware does (pure). */
 void rtc_set_memory(uint8_t *cmos, uint64_t ram_bytes, unsigned ncpus);
 
+struct state_ops;
+extern const struct state_ops rtc_state_ops;
+
 #endif

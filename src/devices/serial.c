@@ -7,6 +7,7 @@
 
 #include "util/log.h"
 #include "util/util.h"
+#include "state/state.h"
 
 enum {
     UART_RBR = 0, UART_IER = 1, UART_IIR = 2, UART_LCR = 3,
@@ -265,3 +266,52 @@ void serial_stop(struct serial *s)
         pthread_join(s->in_thread, NULL);
     s->in_thread_started = false;
 }
+
+/* The receive buffer is walked as count + bytes in order, so two saves of
+ * the same state are byte-identical whatever the ring position. */
+static int serial_walk_rx(struct state_walker *w, struct serial_regs *r)
+{
+    uint8_t bytes[SERIAL_RX_SIZE];
+    uint32_t count = r->rx_count;
+
+    for (uint32_t i = 0; walk_saving(w) && i < count; i++)
+        bytes[i] = r->rx[(r->rx_head + i) % SERIAL_RX_SIZE];
+    walk_count(w, &count, SERIAL_RX_SIZE, "rx count");
+    walk_buf(w, bytes, count, "rx bytes");
+    if (walk_loading(w) && !w->err) {
+        memcpy(r->rx, bytes, count);
+        r->rx_head = 0;
+        r->rx_count = (uint16_t)count;
+    }
+    return w->err;
+}
+
+static int serial_state_walk(struct state_walker *w, void *obj)
+{
+    struct serial *s = obj;
+    struct serial_regs *r = &s->r;
+
+    pthread_mutex_lock(&s->lock);
+    walk_u8(w, &r->ier, "ier");
+    walk_u8(w, &r->lcr, "lcr");
+    walk_u8(w, &r->mcr, "mcr");
+    walk_u8(w, &r->lsr_err, "lsr");
+    walk_u8(w, &r->msr, "msr");
+    walk_u8(w, &r->scr, "scr");
+    walk_u8(w, &r->dll, "dll");
+    walk_u8(w, &r->dlm, "dlm");
+    walk_u8(w, &r->fcr, "fcr");
+    walk_u8(w, &r->thr_ipending, "thr_ipending");
+    serial_walk_rx(w, r);
+    if (walk_loading(w) && !w->err) {
+        s->irq_level = -1;   /* force the line to be driven anew */
+        serial_update_irq(s);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return w->err;
+}
+
+const struct state_ops serial_state_ops = {
+    .name = "serial", .id = SECTION_SERIAL, .version = 1, .min_version = 1,
+    .walk = serial_state_walk,
+};

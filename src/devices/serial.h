@@ -45,4 +45,7 @@ unsigned serial_receive(struct serial *s, const uint8_t *buf, unsigned len);
 uint8_t serial_reg_read(struct serial *s, unsigned reg);
 void serial_reg_write(struct serial *s, unsigned reg, uint8_t value);
 
+struct state_ops;
+extern const struct state_ops serial_state_ops;
+
 #endif

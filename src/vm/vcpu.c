@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "util/log.h"
+#include "util/util.h"
 #include "vm/vm.h"
 
 #define VCPU_KICK_SIGNAL SIGUSR1
@@ -86,7 +87,7 @@ static int vcpu_setup(struct vcpu *vcpu)
     ret = vcpu_set_msrs(vcpu);
     if (ret == 0)
         ret = vcpu_set_lapic(vcpu);
-    if (ret == 0 && vcpu->id == 0)
+    if (ret == 0 && vcpu->id == 0 && !vm->cfg->restore)
         ret = boot_setup_bsp(vcpu->fd, &vm->entry);
     if (ret < 0)
         log_err("vcpu %u: setting up registers: %s", vcpu->id, strerror(-ret));
@@ -183,12 +184,26 @@ static int vcpu_system_event(struct vcpu *vcpu)
     }
 }
 
+/* An emulation failure names the instruction, which is what a user needs
+ * (on PVM hosts it is usually an instruction the emulator lacks). */
 static int vcpu_internal_error(struct vcpu *vcpu)
 {
-    char what[96];
+    struct kvm_run *run = vcpu->run;
+    char what[112];
+    int n;
 
-    snprintf(what, sizeof(what), "KVM internal error (suberror %u)",
-             vcpu->run->internal.suberror);
+    if (run->internal.suberror != KVM_INTERNAL_ERROR_EMULATION)
+        snprintf(what, sizeof(what), "KVM internal error (suberror %u)", run->internal.suberror);
+    else {
+        n = snprintf(what, sizeof(what), "KVM could not emulate an instruction");
+        if (run->emulation_failure.flags & KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) {
+            n += snprintf(what + n, sizeof(what) - (size_t)n, " (bytes");
+            for (unsigned i = 0; i < MIN(run->emulation_failure.insn_size, 8u); i++)
+                n += snprintf(what + n, sizeof(what) - (size_t)n, " %02x",
+                              run->emulation_failure.insn_bytes[i]);
+            snprintf(what + n, sizeof(what) - (size_t)n, ")");
+        }
+    }
     return vcpu_fail(vcpu, 3, what);
 }
 

@@ -178,7 +178,25 @@ static void vm_init_fields(struct vm *vm, const struct vm_config *cfg)
     vm->cfg = cfg;
     vm->ncpus = cfg->ncpus;
     pthread_mutex_init(&vm->lock, NULL);
+    pthread_mutex_init(&vm->op_lock, NULL);
     pthread_cond_init(&vm->cond, NULL);
+}
+
+/* What the state walk needs: the XSAVE buffer size, the MSRs every vCPU
+ * saves, and the registry of sections. */
+static int vm_setup_state(struct vm *vm)
+{
+    int xsave2 = ioctl(vm->vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE2);
+    int ret;
+
+    vm->xsave_size = (uint32_t)(xsave2 > (int)sizeof(struct kvm_xsave) ?
+                                xsave2 : (int)sizeof(struct kvm_xsave));
+    ret = vcpu_msr_list_probe(vm, vm->vcpus[0].fd, &vm->msr_list);
+    if (ret < 0) {
+        log_err("listing the MSRs to save: %s", strerror(-ret));
+        return ret;
+    }
+    return vm_state_register(vm);
 }
 
 int vm_create(struct vm *vm, const struct vm_config *cfg)
@@ -195,19 +213,23 @@ int vm_create(struct vm *vm, const struct vm_config *cfg)
         ret = vm_setup_memory(vm, cfg->mem_bytes);
     if (ret == 0)
         ret = vm_setup_devices(vm, cfg);
-    if (ret == 0)
+    if (ret == 0 && !cfg->restore)
         ret = boot_load(&vm->mem, &boot, &vm->entry);
     for (unsigned i = 0; ret == 0 && i < vm->ncpus; i++)
         ret = vcpu_create(vm, i);
+    if (ret == 0)
+        ret = vm_setup_state(vm);
     return ret;
 }
 
-int vm_start(struct vm *vm)
+int vm_start(struct vm *vm, bool paused)
 {
     int ret = vcpu_signals_init();
 
     vm->start_ns = time_now_ns();
-    vm->state = VM_RUNNING;
+    vm->state = paused ? VM_PAUSED : VM_RUNNING;
+    vm->pause_req = paused;
+    vm->paused_since_ns = vm->start_ns;
     for (unsigned i = 0; ret == 0 && i < vm->ncpus; i++)
         ret = vcpu_start(&vm->vcpus[i]);
     if (ret == 0)

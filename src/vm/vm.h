@@ -16,7 +16,9 @@
 #include "devices/pio.h"
 #include "devices/rtc.h"
 #include "devices/serial.h"
+#include "state/state.h"
 #include "vm/memory.h"
+#include "vm/vcpu_state.h"
 
 #define VM_MAX_VCPUS 64
 
@@ -31,6 +33,17 @@ struct vm_config {
     const char *api_socket;
     const char *console;      /* "stdio", "file:PATH" or "none" */
     const char *debugcon;     /* path or NULL */
+    bool restore;             /* state comes from a stream: no kernel is loaded */
+};
+
+/* Progress of the last snapshot, shown by GET /v1/vm. */
+struct snapshot_progress {
+    int state;                /* enum snapshot_state */
+    uint64_t bytes;
+    uint64_t started_ns;
+    uint64_t duration_ns;
+    char path[256];
+    char error[256];
 };
 
 struct vm;
@@ -78,10 +91,18 @@ struct vm {
     uint64_t paused_total_ns;
     uint64_t paused_since_ns;
     const struct vm_config *cfg;
+
+    pthread_mutex_t op_lock;  /* serialises pause/resume/snapshot requests */
+    struct state_registry sections;
+    struct vcpu_msr_list msr_list;
+    uint32_t xsave_size;
+    bool clock_follow_realtime;   /* migration: guest time advances across the gap */
+    struct snapshot_progress snap;
 };
 
 int vm_create(struct vm *vm, const struct vm_config *cfg);
-int vm_start(struct vm *vm);
+/* Starts the vCPU threads, parked at once if paused. */
+int vm_start(struct vm *vm, bool paused);
 /* Blocks until the VM stops (guest poweroff, API, signal, error); returns the
  * process exit code. */
 int vm_wait(struct vm *vm);
@@ -92,6 +113,27 @@ int vm_resume(struct vm *vm);
 void vm_request_stop(struct vm *vm, int code, const char *reason);
 const char *vm_state_name(enum vm_state s);
 uint64_t vm_uptime_ns(struct vm *vm);
+
+/* vm_state.c: registers every state section in stream order. */
+int vm_state_register(struct vm *vm);
+
+/* snapshot.c */
+enum snapshot_state { SNAP_IDLE, SNAP_SAVING, SNAP_DONE, SNAP_FAILED };
+struct snapshot_result {
+    uint64_t bytes;
+    uint64_t pages;
+    uint64_t zero_pages;
+    uint64_t duration_ns;
+};
+/* Pauses the VM (if running), writes the snapshot, resumes if asked. */
+int vm_snapshot(struct vm *vm, const char *path, bool resume, struct snapshot_result *res,
+                char *err, size_t errlen);
+/* Reads a whole stream into a created (not started) VM. */
+int vm_restore_stream(struct vm *vm, int fd, char *err, size_t errlen);
+/* Reads and checks only the header, to size the VM before creating it. */
+int vm_read_header(int fd, struct stream_header *h, char *err, size_t errlen);
+uint64_t vm_cpuid_fingerprint(struct vm *vm);
+const char *snapshot_state_name(int state);
 
 /* vcpu.c */
 int vcpu_create(struct vm *vm, unsigned id);

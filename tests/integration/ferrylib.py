@@ -74,14 +74,18 @@ class Console:
 
 class Vm:
     def __init__(self, tmpdir, cmdline="", memory=512, cpus=1, kernel=None, extra=(),
-                 api_socket=True, console=True):
+                 api_socket=True, console=True, restore=None):
         self.dir = str(tmpdir)
         self.sock = os.path.join(self.dir, "api.sock") if api_socket else None
         self.console_path = os.path.join(self.dir, "console.log")
         self.stderr_path = os.path.join(self.dir, "ferry.stderr")
-        args = [FERRY, "run", "--kernel", kernel or GUEST, "--memory", str(memory),
-                "--cpus", str(cpus)]
-        if cmdline:
+        if restore:
+            # restore=(snapshot path, [extra restore options])
+            args = [FERRY, "restore", "--snapshot", restore[0], *restore[1]]
+        else:
+            args = [FERRY, "run", "--kernel", kernel or GUEST, "--memory", str(memory),
+                    "--cpus", str(cpus)]
+        if cmdline and not restore:
             args += ["--cmdline", cmdline]
         if self.sock:
             args += ["--api-socket", self.sock]
@@ -147,7 +151,8 @@ class Vm:
         return self.proc.wait(timeout=timeout)
 
     def stderr_text(self):
-        self.stderr.flush()
+        if not self.stderr.closed:
+            self.stderr.flush()
         with open(self.stderr_path, "rb") as f:
             return f.read().decode("utf-8", "replace")
 
@@ -179,3 +184,47 @@ def make_elf(code, entry_offset=0, load=0x100000):
     note_ph = struct.pack("<IIQQQQQQ", 4, 4, note_off, 0, 0, len(note), len(note), 4)
     head = ehdr + load_ph + note_ph + note
     return head + bytes(code_off - len(head)) + code
+
+
+# --- the state stream (docs/STREAM.md), parsed independently of ferry -------
+HEADER_FMT = "<8sII16sQIIQQ40sQ"
+HEADER_SIZE = struct.calcsize(HEADER_FMT)
+RECORD_FMT = "<IIIIIIQQ"
+RECORD_SIZE = struct.calcsize(RECORD_FMT)
+SECTION_NAMES = {1: "vcpu", 2: "irqchip", 3: "pit", 4: "serial", 5: "rtc", 6: "pci",
+                 7: "acpi_pm", 8: "clock"}
+
+
+def parse_stream(data):
+    """Returns (header dict, [record dicts with payload offsets])."""
+    f = struct.unpack_from(HEADER_FMT, data, 0)
+    header = dict(magic=f[0], format_version=f[1], header_size=f[2], mem_size=f[4],
+                  ncpus=f[5], cpuid_fp=f[7], tsc_khz=f[8], checksum=f[10])
+    records, off = [], HEADER_SIZE
+    while off < len(data):
+        t, sec, inst, ver, flags, _, length, csum = struct.unpack_from(RECORD_FMT, data, off)
+        records.append(dict(type=t, section=sec, instance=inst, version=ver, flags=flags,
+                            length=length, offset=off, payload=off + RECORD_SIZE,
+                            name=SECTION_NAMES.get(sec, "?") if t == 1 else
+                            {2: "pages", 3: "end"}.get(t, "?")))
+        off += RECORD_SIZE + length
+        if t == 3:
+            break
+    return header, records
+
+
+def sections(data):
+    """{(name, instance): payload bytes} of the state sections."""
+    _, recs = parse_stream(data)
+    return {(r["name"], r["instance"]): data[r["payload"]:r["payload"] + r["length"]]
+            for r in recs if r["type"] == 1}
+
+
+def reseal(data, rec):
+    """Recomputes a record's checksum in place (to forge a well-formed but
+    semantically bad record)."""
+    import xxhash
+    off = rec["offset"]
+    length = struct.unpack_from("<Q", data, off + 24)[0]
+    digest = xxhash.xxh64(bytes(data[off:off + 32]) + bytes(data[off + 40:off + 40 + length]))
+    struct.pack_into("<Q", data, off + 32, digest.intdigest())

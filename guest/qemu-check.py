@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""Boots the test guest under QEMU (PVH entry) and checks what it prints.
+
+Usage: guest/qemu-check.py [--guest build/guest/testguest] [--only NAME...]
+Each check prints PASS/FAIL with the numbers it measured; exit status 1 if any failed.
+QEMU spends ~3.5 s in its firmware before the guest runs, so each check takes a while.
+"""
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+QEMU = os.environ.get("QEMU", "qemu-system-x86_64")
+HB_RE = re.compile(r"^HB (\d+) (\d+) (\d+)$")
+
+
+class Run:
+    """One QEMU run: guest lines (after the firmware's noise) with host timestamps."""
+
+    def __init__(self, guest, smp, mem, append, secs, inputs=(), debugcon=None):
+        cmd = [QEMU, "-enable-kvm", "-cpu", "host,arch-capabilities=off", "-m", str(mem),
+               "-smp", str(smp), "-kernel", guest, "-append", append, "-nographic",
+               "-no-reboot", "-serial", "stdio", "-monitor", "none"]
+        if debugcon:
+            cmd += ["-device", "isa-debugcon,iobase=0xe9,chardev=dbg",
+                    "-chardev", f"file,id=dbg,path={debugcon}"]
+        self.lines = []             # (host time, text)
+        self.ready_at = None
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+        reader = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        reader.start()
+        start = time.monotonic()
+        pending = list(inputs)      # (seconds after READY, bytes)
+        while proc.poll() is None and time.monotonic() - start < secs:
+            if self.ready_at and pending and time.monotonic() - self.ready_at >= pending[0][0]:
+                proc.stdin.write(pending.pop(0)[1])
+                proc.stdin.flush()
+            time.sleep(0.05)
+        self.exited = proc.poll() is not None
+        if not self.exited:
+            proc.kill()
+        proc.wait()
+        reader.join(timeout=2)
+        self.exit_code = proc.returncode
+
+    def _read(self, proc):
+        seen = False
+        for raw in proc.stdout:
+            text = raw.decode(errors="replace").rstrip("\r\n")
+            if not seen and "ferry-testguest" in text:
+                text = text[text.index("ferry-testguest"):]     # after SeaBIOS's output
+                seen = True
+            if seen:
+                self.lines.append((time.monotonic(), text))
+                if text.startswith("READY") and not self.ready_at:
+                    self.ready_at = time.monotonic()
+
+    def text(self):
+        return [t for _, t in self.lines]
+
+    def grep(self, prefix):
+        return [t for t in self.text() if t.startswith(prefix)]
+
+    def hbs(self):
+        return [tuple(map(int, m.groups())) for m in map(HB_RE.match, self.text()) if m]
+
+
+def check_common(r, smp, mem, pages):
+    """Boot lines in order, heartbeats every 100 ms, a VERIFY ok per second, no errors."""
+    errs = []
+    text = r.text()
+    want = ["ferry-testguest 1", "CMDLINE ", f"CPUS {smp} MEM ", f"READY pages={pages}"]
+    pos = 0
+    for w in want:
+        idx = next((i for i in range(pos, len(text)) if text[i].startswith(w)), None)
+        if idx is None:
+            errs.append(f"missing or out of order: {w!r}")
+            break
+        pos = idx + 1
+    cpus = r.grep("CPUS ")
+    if cpus:
+        got = int(cpus[0].split()[3])
+        if got not in (mem - 1, mem):   # SeaBIOS reserves 640K-1M and 128K below the top
+            errs.append(f"MEM {got}, expected {mem} (or {mem - 1})")
+    bad = [t for t in text if t.startswith(("PANIC", "ERROR", "VERIFY FAIL", "TIME BACKWARDS"))]
+    if bad:
+        errs.append(f"error lines: {bad[:3]}")
+    hb = r.hbs()
+    if len(hb) < 20:
+        errs.append(f"only {len(hb)} heartbeats")
+        return errs, {}
+    gaps = [(b[1] - a[1]) / 1e6 for a, b in zip(hb, hb[1:])]
+    late = [(h[1] - hb[0][1]) / 1e6 - 100 * (h[0] - hb[0][0]) for h in hb]
+    if any(b[0] != a[0] + 1 for a, b in zip(hb, hb[1:])):
+        errs.append("heartbeat sequence has holes")
+    if abs(statistics.mean(gaps) - 100) > 1 or max(gaps) > 150:
+        errs.append(f"heartbeat gaps mean {statistics.mean(gaps):.2f} ms max {max(gaps):.1f} ms")
+    secs = (hb[-1][1] - hb[0][1]) / 1e9
+    ok = len(r.grep("VERIFY ok"))
+    if ok < secs - 2 or ok > secs + 2:
+        errs.append(f"{ok} VERIFY ok lines in {secs:.1f} s")
+    if any(t != f"VERIFY ok {pages}" for t in r.grep("VERIFY ok")):
+        errs.append("VERIFY ok with the wrong page count")
+    rate = (hb[-1][2] - hb[1][2]) / ((hb[-1][1] - hb[1][1]) / 1e9)
+    return errs, {"hb": len(hb), "hb_late_max_ms": round(max(late), 2), "verify_ok": ok,
+                  "pages_per_s": round(rate)}
+
+
+def ready_ms(r):
+    """Guest time from the first instruction to READY, from the boot.trace line."""
+    t = [x for x in r.grep("TRACE boot_us")]
+    return int(re.search(r"ready=(\d+)", t[0]).group(1)) / 1000 if t else None
+
+
+def check_boot(guest, smp, mem, mib=64):
+    r = Run(guest, smp, mem, f"dirtier.mib={mib} dirtier.rate=5000 boot.trace=1", 14)
+    errs, info = check_common(r, smp, mem, mib * 256)
+    info["ready_ms"] = ready_ms(r)
+    return errs, info
+
+
+def check_rate(guest, smp, rate, lo, hi):
+    r = Run(guest, smp, 1024, f"dirtier.mib=128 dirtier.rate={rate}", 15)
+    errs, info = check_common(r, smp, 1024, 128 * 256)
+    if info and not lo <= info["pages_per_s"] <= hi:
+        errs.append(f"{info['pages_per_s']} pages/s, expected {lo}..{hi}")
+    return errs, info
+
+
+def check_console(guest):
+    inputs = [(1.5, b"stat\r"), (2.0, b"  frobnicate now\n"), (2.5, b"stat\n"),
+              (3.0, b"poweroff\r")]
+    r = Run(guest, 2, 512, "dirtier.rate=1000 no.such=1", 25, inputs)
+    errs = []
+    stat_re = re.compile(r"^STAT cpus=2 mem=51[12] pages=16384 written=\d+ hb=\d+ "
+                         r"rounds=\d+ ns=\d+$")
+    stats = r.grep("STAT")
+    if len(stats) != 2 or not all(stat_re.match(s) for s in stats):
+        errs.append(f"STAT lines: {stats}")
+    if "ERR unknown command frobnicate" not in r.text():
+        errs.append("no ERR for the unknown command")
+    if "WARN unknown option no.such" not in r.text():
+        errs.append("no WARN for the unknown option")
+    if "POWEROFF" not in r.text() or not r.exited or r.exit_code != 0:
+        errs.append(f"poweroff: exited={r.exited} code={r.exit_code}")
+    return errs, {"stat": stats[:1]}
+
+
+def check_tick(guest, smp, rate):
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "dbg.out")
+        r = Run(guest, smp, 1024, f"dirtier.mib=128 dirtier.rate={rate} tick.us=1000", 15,
+                debugcon=path)
+        errs, info = check_common(r, smp, 1024, 128 * 256)
+        hb = r.hbs()
+        data = open(path, "rb").read()
+    # Ticks start at READY, like heartbeats; the guest ran hb[-1] - hb[0] + a bit.
+    secs = (hb[-1][1] - hb[0][1]) / 1e9 if len(hb) > 1 else 1
+    per_s = len(data) / secs
+    if set(data) - {ord(".")} or not 950 <= per_s <= 1100:
+        errs.append(f"{per_s:.0f} ticks/s")
+    info["ticks_per_s"] = round(per_s)
+    return errs, info
+
+
+CHECKS = {
+    "boot-1cpu-128M": lambda g: check_boot(g, 1, 128),
+    "boot-2cpu-1024M": lambda g: check_boot(g, 2, 1024, 256),
+    "boot-4cpu-4096M": lambda g: check_boot(g, 4, 4096, 1024),
+    "boot-4cpu-128M": lambda g: check_boot(g, 4, 128),
+    "boot-1cpu-4096M": lambda g: check_boot(g, 1, 4096, 3000),
+    "rate-20000": lambda g: check_rate(g, 2, 20000, 19000, 21000),
+    "rate-max-2cpu": lambda g: check_rate(g, 2, -1, 500000, 10**9),
+    "rate-max-4cpu": lambda g: check_rate(g, 4, -1, 500000, 10**9),
+    "console": check_console,
+    "tick-1000us": lambda g: check_tick(g, 2, 20000),
+}
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--guest", default=os.path.join(here, "..", "build", "guest", "testguest"))
+    ap.add_argument("--only", nargs="*", choices=sorted(CHECKS), default=None)
+    args = ap.parse_args()
+    failed = 0
+    for name in args.only or CHECKS:
+        errs, info = CHECKS[name](args.guest)
+        failed += bool(errs)
+        print(f"{'FAIL' if errs else 'PASS'} {name} {info}" + "".join(f"\n    {e}" for e in errs),
+              flush=True)
+    print(f"{len(args.only or CHECKS) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

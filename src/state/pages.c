@@ -1,0 +1,141 @@
+#include "state/pages.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "util/util.h"
+
+bool page_is_zero(const void *page)
+{
+    const uint64_t *p = page;
+    uint64_t acc = 0;
+
+    /* OR in blocks so the compiler vectorises; exit early per 512 bytes. */
+    for (unsigned i = 0; i < STREAM_PAGE_SIZE / 8; i += 64) {
+        for (unsigned j = 0; j < 64; j++)
+            acc |= p[i + j];
+        if (acc)
+            return false;
+    }
+    return true;
+}
+
+int page_batch_flush(struct page_batch *b, struct stream_io *io, struct page_stats *st)
+{
+    uint32_t hdr[2] = { b->count, 0 };
+    struct iovec iov[2 + STREAM_PAGES_PER_REC];
+    unsigned n = 0;
+
+    if (!b->count)
+        return 0;
+    iov[n++] = (struct iovec){ hdr, sizeof(hdr) };
+    iov[n++] = (struct iovec){ b->entries, 8ULL * b->count };
+    for (uint32_t i = 0; i < b->ndata; i++)
+        iov[n++] = (struct iovec){ (void *)b->data[i], STREAM_PAGE_SIZE };
+    stream_put_record_iov(io, REC_PAGES, 0, 0, 1, REC_FLAG_MANDATORY, iov, n);
+    st->bytes += 8 + 8ULL * b->count + (uint64_t)b->ndata * STREAM_PAGE_SIZE;
+    b->count = b->ndata = 0;
+    return io->err;
+}
+
+int page_batch_add(struct page_batch *b, struct stream_io *io, uint64_t gpa,
+                   const uint8_t *hva, bool send_zero_marker, struct page_stats *st)
+{
+    if (page_is_zero(hva)) {
+        st->zero++;
+        if (!send_zero_marker)
+            return 0;
+        b->entries[b->count++] = gpa | PAGE_F_ZERO;
+    } else {
+        st->normal++;
+        b->entries[b->count++] = gpa | PAGE_F_DATA;
+        b->data[b->ndata++] = hva;
+    }
+    if (b->count == STREAM_PAGES_PER_REC)
+        return page_batch_flush(b, io, st);
+    return 0;
+}
+
+/* Walks the allocated extents of one region; holes read as zero anyway. */
+static int pages_save_region(struct guest_mem *mem, const struct mem_region *r,
+                             struct page_batch *b, struct stream_io *io, struct page_stats *st)
+{
+    off_t pos = (off_t)r->offset, end = (off_t)(r->offset + r->size);
+
+    while (pos < end) {
+        off_t data = lseek(mem->fd, pos, SEEK_DATA), hole;
+        if (data < 0 || data >= end)
+            break;
+        hole = lseek(mem->fd, data, SEEK_HOLE);
+        hole = hole < 0 || hole > end ? end : hole;
+        for (off_t off = data & ~(off_t)(STREAM_PAGE_SIZE - 1); off < hole;
+             off += STREAM_PAGE_SIZE) {
+            uint64_t gpa = r->gpa + (uint64_t)off - r->offset;
+            if (page_batch_add(b, io, gpa, mem->hva + off, false, st) < 0)
+                return io->err;
+        }
+        pos = hole;
+    }
+    return 0;
+}
+
+int pages_save_all(struct guest_mem *mem, struct stream_io *io, struct page_stats *st)
+{
+    static struct page_batch b;
+
+    b.count = b.ndata = 0;
+    for (unsigned i = 0; i < mem->nregions; i++)
+        if (pages_save_region(mem, &mem->regions[i], &b, io, st) < 0)
+            return io->err;
+    return page_batch_flush(&b, io, st);
+}
+
+static int pages_check(struct guest_mem *mem, const uint8_t *payload, uint64_t len,
+                       uint32_t *count, const char **why)
+{
+    uint32_t ndata = 0;
+
+    if (len < 8)
+        return *why = "page record too short", -EBADMSG;
+    memcpy(count, payload, 4);
+    if (*count == 0 || *count > STREAM_PAGES_PER_REC || len < 8 + 8ULL * *count)
+        return *why = "page record has a bad page count", -EBADMSG;
+    for (uint32_t i = 0; i < *count; i++) {
+        uint64_t e;
+        memcpy(&e, payload + 8 + 8ULL * i, 8);
+        if ((e & PAGE_F_MASK) != PAGE_F_ZERO && (e & PAGE_F_MASK) != PAGE_F_DATA)
+            return *why = "page entry has unknown flags", -EBADMSG;
+        if (!mem_ptr(mem, e & ~PAGE_F_MASK, STREAM_PAGE_SIZE))
+            return *why = "page entry outside guest RAM", -EBADMSG;
+        ndata += (e & PAGE_F_DATA) != 0;
+    }
+    if (len != 8 + 8ULL * *count + (uint64_t)ndata * STREAM_PAGE_SIZE)
+        return *why = "page record length does not match its entries", -EBADMSG;
+    return 0;
+}
+
+int pages_load(struct guest_mem *mem, const uint8_t *payload, uint64_t len, const char **why)
+{
+    const uint8_t *data;
+    uint32_t count;
+    int ret = pages_check(mem, payload, len, &count, why);
+
+    if (ret < 0)
+        return ret;
+    data = payload + 8 + 8ULL * count;
+    for (uint32_t i = 0; i < count; i++) {
+        uint64_t e;
+        uint8_t *dst;
+        memcpy(&e, payload + 8 + 8ULL * i, 8);
+        dst = mem_ptr(mem, e & ~PAGE_F_MASK, STREAM_PAGE_SIZE);
+        if (e & PAGE_F_DATA) {
+            memcpy(dst, data, STREAM_PAGE_SIZE);
+            data += STREAM_PAGE_SIZE;
+        } else {
+            memset(dst, 0, STREAM_PAGE_SIZE);
+        }
+    }
+    return 0;
+}

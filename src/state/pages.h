@@ -1,0 +1,36 @@
+/* Guest memory as page records: batches of (gpa | flags) entries followed by
+ * the data of the pages that carry any. Zero pages are never sent as data. */
+#ifndef FERRY_STATE_PAGES_H
+#define FERRY_STATE_PAGES_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "state/stream.h"
+#include "vm/memory.h"
+
+struct page_stats {
+    uint64_t normal;     /* pages sent with data */
+    uint64_t zero;       /* pages sent as zero markers or skipped as zero */
+    uint64_t bytes;      /* payload bytes of page records */
+};
+
+/* A batch being filled before it becomes one REC_PAGES record. */
+struct page_batch {
+    uint32_t count;
+    uint32_t ndata;
+    uint64_t entries[STREAM_PAGES_PER_REC];
+    const uint8_t *data[STREAM_PAGES_PER_REC];
+};
+
+bool page_is_zero(const void *page);
+/* Adds a page; flushes the batch as a record when it is full. */
+int page_batch_add(struct page_batch *b, struct stream_io *io, uint64_t gpa,
+                   const uint8_t *hva, bool send_zero_marker, struct page_stats *st);
+int page_batch_flush(struct page_batch *b, struct stream_io *io, struct page_stats *st);
+/* Every non-zero page of guest RAM (holes in the memfd are skipped). */
+int pages_save_all(struct guest_mem *mem, struct stream_io *io, struct page_stats *st);
+/* Validates a REC_PAGES payload completely, then applies it. */
+int pages_load(struct guest_mem *mem, const uint8_t *payload, uint64_t len, const char **why);
+
+#endif

@@ -1,0 +1,229 @@
+#include "state/stream.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+#define XXH_STATIC_LINKING_ONLY
+#include <xxhash.h>
+
+#include "util/util.h"
+#include "version.h"
+
+_Static_assert(sizeof(struct stream_header) == 112, "stream header wire size");
+_Static_assert(sizeof(struct stream_record) == 40, "stream record wire size");
+
+void stream_header_init(struct stream_header *h, uint64_t mem_size, uint32_t ncpus,
+                        uint64_t cpuid_fp, uint64_t tsc_khz)
+{
+    memset(h, 0, sizeof(*h));
+    memcpy(h->magic, STREAM_MAGIC, 8);
+    h->format_version = STREAM_FORMAT_VERSION;
+    h->header_size = sizeof(*h);
+    snprintf(h->ferry_version, sizeof(h->ferry_version), "%s", FERRY_VERSION);
+    h->mem_size = mem_size;
+    h->ncpus = ncpus;
+    h->cpuid_fingerprint = cpuid_fp;
+    h->tsc_khz = tsc_khz;
+    h->checksum = XXH64(h, offsetof(struct stream_header, checksum), 0);
+}
+
+int stream_header_check(const struct stream_header *h, const char **why)
+{
+    if (memcmp(h->magic, STREAM_MAGIC, 8) != 0)
+        return *why = "not a ferry state stream (bad magic)", -EBADMSG;
+    if (h->format_version != STREAM_FORMAT_VERSION)
+        return *why = "unsupported stream format version", -EPROTO;
+    if (h->header_size != sizeof(*h))
+        return *why = "unexpected stream header size", -EBADMSG;
+    if (h->checksum != XXH64(h, offsetof(struct stream_header, checksum), 0))
+        return *why = "stream header checksum mismatch", -EBADMSG;
+    if (h->ncpus == 0 || h->mem_size == 0 || h->mem_size % STREAM_PAGE_SIZE)
+        return *why = "stream header describes an impossible VM", -EBADMSG;
+    return 0;
+}
+
+static uint64_t record_hash(const struct stream_record *r, const void *payload)
+{
+    XXH64_state_t st;
+
+    XXH64_reset(&st, 0);
+    XXH64_update(&st, r, offsetof(struct stream_record, checksum));
+    if (r->length)
+        XXH64_update(&st, payload, r->length);
+    return XXH64_digest(&st);
+}
+
+void stream_record_seal(struct stream_record *r, const void *payload)
+{
+    r->checksum = record_hash(r, payload);
+}
+
+bool stream_record_check_payload(const struct stream_record *r, const void *payload)
+{
+    return r->checksum == record_hash(r, payload);
+}
+
+static uint64_t record_max_len(uint32_t type)
+{
+    switch (type) {
+    case REC_SECTION: return STREAM_MAX_SECTION;
+    case REC_PAGES: return 8 + STREAM_PAGES_PER_REC * (8 + STREAM_PAGE_SIZE);
+    case REC_END: return 0;
+    default: return 0;
+    }
+}
+
+int stream_record_check_header(const struct stream_record *r, const char **why)
+{
+    if (r->type < REC_SECTION || r->type > REC_END)
+        return *why = "unknown record type", -EBADMSG;
+    if (r->length > record_max_len(r->type))
+        return *why = "record longer than its type allows", -EBADMSG;
+    return 0;
+}
+
+int stream_io_init(struct stream_io *io, int fd, size_t bufsize)
+{
+    memset(io, 0, sizeof(*io));
+    io->fd = fd;
+    io->buf = malloc(bufsize);
+    io->cap = bufsize;
+    return io->buf ? 0 : -ENOMEM;
+}
+
+void stream_io_free(struct stream_io *io)
+{
+    free(io->buf);
+    io->buf = NULL;
+}
+
+int stream_flush(struct stream_io *io)
+{
+    int ret;
+
+    if (io->err || !io->len)
+        return io->err;
+    ret = fd_write_all(io->fd, io->buf, io->len);
+    io->len = 0;
+    return ret < 0 ? (io->err = ret) : 0;
+}
+
+int stream_write(struct stream_io *io, const void *p, size_t n)
+{
+    if (io->err)
+        return io->err;
+    io->bytes += n;
+    if (io->progress)
+        __atomic_store_n(io->progress, io->bytes, __ATOMIC_RELAXED);
+    if (n >= io->cap) {   /* large payloads bypass the buffer */
+        if (stream_flush(io) < 0)
+            return io->err;
+        int ret = fd_write_all(io->fd, p, n);
+        return ret < 0 ? (io->err = ret) : 0;
+    }
+    if (io->cap - io->len < n && stream_flush(io) < 0)
+        return io->err;
+    memcpy(io->buf + io->len, p, n);
+    io->len += n;
+    return 0;
+}
+
+static int stream_fill(struct stream_io *io)
+{
+    ssize_t n;
+
+    do
+        n = read(io->fd, io->buf, io->cap);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return io->err = -errno;
+    if (n == 0)
+        return io->err = -EPIPE;
+    io->pos = 0;
+    io->len = (size_t)n;
+    return 0;
+}
+
+int stream_read(struct stream_io *io, void *p, size_t n)
+{
+    uint8_t *dst = p;
+
+    while (n && !io->err) {
+        size_t chunk;
+        if (io->pos == io->len && stream_fill(io) < 0)
+            break;
+        chunk = MIN(n, io->len - io->pos);
+        memcpy(dst, io->buf + io->pos, chunk);
+        io->pos += chunk;
+        io->bytes += chunk;
+        dst += chunk;
+        n -= chunk;
+    }
+    return io->err;
+}
+
+int stream_put_record(struct stream_io *io, uint32_t type, uint32_t section,
+                      uint32_t instance, uint32_t version, uint32_t flags,
+                      const void *payload, uint64_t len)
+{
+    struct stream_record r = {
+        .type = type, .section = section, .instance = instance,
+        .version = version, .flags = flags, .length = len,
+    };
+
+    stream_record_seal(&r, payload);
+    if (stream_write(io, &r, sizeof(r)) == 0 && len)
+        stream_write(io, payload, len);
+    return io->err;
+}
+
+int stream_put_record_iov(struct stream_io *io, uint32_t type, uint32_t section,
+                          uint32_t instance, uint32_t version, uint32_t flags,
+                          const struct iovec *iov, unsigned niov)
+{
+    struct stream_record r = {
+        .type = type, .section = section, .instance = instance,
+        .version = version, .flags = flags,
+    };
+    XXH64_state_t st;
+
+    for (unsigned i = 0; i < niov; i++)
+        r.length += iov[i].iov_len;
+    XXH64_reset(&st, 0);
+    XXH64_update(&st, &r, offsetof(struct stream_record, checksum));
+    for (unsigned i = 0; i < niov; i++)
+        XXH64_update(&st, iov[i].iov_base, iov[i].iov_len);
+    r.checksum = XXH64_digest(&st);
+    stream_write(io, &r, sizeof(r));
+    for (unsigned i = 0; i < niov && !io->err; i++)
+        stream_write(io, iov[i].iov_base, iov[i].iov_len);
+    return io->err;
+}
+
+int stream_get_record(struct stream_io *io, struct stream_record *r, uint8_t **payload,
+                      const char **why)
+{
+    int ret;
+
+    *payload = NULL;
+    if (stream_read(io, r, sizeof(*r)) < 0)
+        return *why = "stream ended inside a record header", io->err;
+    ret = stream_record_check_header(r, why);
+    if (ret < 0)
+        return ret;
+    *payload = malloc(r->length ? r->length : 1);
+    if (!*payload)
+        return *why = "out of memory", -ENOMEM;
+    if (stream_read(io, *payload, r->length) < 0)
+        ret = io->err, *why = "stream ended inside a record (truncated)";
+    else if (!stream_record_check_payload(r, *payload))
+        ret = -EBADMSG, *why = "record checksum mismatch";
+    if (ret < 0) {
+        free(*payload);
+        *payload = NULL;
+    }
+    return ret;
+}
