@@ -37,6 +37,10 @@ unit:
 	@$(MAKE) --no-print-directory asan
 	@FERRY_ONLY=unit tests/run.sh
 
+fuzz:
+	@scripts/deps.sh build test
+	@scripts/fuzz.sh $(FUZZ_SECONDS)
+
 demo: ferry guest
 	@scripts/demo.sh
 

@@ -118,10 +118,32 @@ def ready_ms(r):
     return int(re.search(r"ready=(\d+)", t[0]).group(1)) / 1000 if t else None
 
 
-def check_boot(guest, smp, mem, mib=64):
-    r = Run(guest, smp, mem, f"dirtier.mib={mib} dirtier.rate=5000 boot.trace=1", 14)
+def check_boot(guest, smp, mem, mib=64, secs=14):
+    r = Run(guest, smp, mem, f"dirtier.mib={mib} dirtier.rate=5000 boot.trace=1", secs)
     errs, info = check_common(r, smp, mem, mib * 256)
     info["ready_ms"] = ready_ms(r)
+    return errs, info
+
+
+def check_clamp(guest):
+    """More MiB than RAM: a WARN, then the largest RAM range above the image is used."""
+    r = Run(guest, 2, 256, "dirtier.mib=1000 dirtier.rate=5000", 14)
+    warn = r.grep("WARN dirtier.mib=1000 does not fit in RAM, using ")
+    mib = int(warn[0].split()[-1]) if warn else 0
+    errs, info = check_common(r, 2, 256, mib * 256)
+    if not 240 <= mib <= 255:
+        errs.append(f"clamped to {mib} MiB")
+    info["clamped_mib"] = mib
+    return errs, info
+
+
+def check_options(guest):
+    """One dirtier CPU of two, random pattern: same totals, CPU 0 owns no pages."""
+    r = Run(guest, 2, 1024, "dirtier.mib=32 dirtier.rate=20000 dirtier.cpus=1 "
+            "dirtier.pattern=random", 14)
+    errs, info = check_common(r, 2, 1024, 32 * 256)
+    if info and not 19000 <= info["pages_per_s"] <= 21000:
+        errs.append(f"{info['pages_per_s']} pages/s")
     return errs, info
 
 
@@ -174,7 +196,9 @@ CHECKS = {
     "boot-2cpu-1024M": lambda g: check_boot(g, 2, 1024, 256),
     "boot-4cpu-4096M": lambda g: check_boot(g, 4, 4096, 1024),
     "boot-4cpu-128M": lambda g: check_boot(g, 4, 128),
-    "boot-1cpu-4096M": lambda g: check_boot(g, 1, 4096, 3000),
+    "boot-1cpu-4096M": lambda g: check_boot(g, 1, 4096, 3000, secs=30),   # ~10 s fill
+    "clamp": check_clamp,
+    "options": check_options,
     "rate-20000": lambda g: check_rate(g, 2, 20000, 19000, 21000),
     "rate-max-2cpu": lambda g: check_rate(g, 2, -1, 500000, 10**9),
     "rate-max-4cpu": lambda g: check_rate(g, 4, -1, 500000, 10**9),

@@ -1,0 +1,277 @@
+/* The state stream codec: walker, header, records, section registry (with
+ * an older section version), and page records. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "devices/rtc.h"
+#include "state/pages.h"
+#include "state/state.h"
+#include "util/util.h"
+
+struct demo {
+    uint32_t a;
+    uint64_t b;
+    bool c;
+    uint8_t blob[5];
+};
+
+static int demo_walk(struct state_walker *w, void *obj)
+{
+    struct demo *d = obj;
+
+    walk_u32(w, &d->a, "a");
+    walk_u64(w, &d->b, "b");
+    walk_bool(w, &d->c, "c");
+    return walk_buf(w, d->blob, sizeof(d->blob), "blob");
+}
+
+static void test_walk_roundtrip(void **state)
+{
+    struct demo in = { 7, 0x1122334455667788ULL, true, "abcd" }, out = { 0 };
+    struct state_walker w, r;
+
+    (void)state;
+    walk_init_save(&w, 1);
+    assert_int_equal(demo_walk(&w, &in), 0);
+    assert_int_equal(w.len, 4 + 8 + 1 + 5);
+    walk_init_load(&r, w.buf, w.len, 1);
+    assert_int_equal(demo_walk(&r, &out), 0);
+    assert_int_equal(walk_finish(&r), 0);
+    assert_int_equal(out.a, in.a);
+    assert_int_equal(out.b, in.b);
+    assert_true(out.c);
+    assert_memory_equal(out.blob, in.blob, sizeof(in.blob));
+    /* Truncated: the walk fails and names the field. */
+    walk_init_load(&r, w.buf, 10, 1);
+    assert_int_equal(demo_walk(&r, &out), -EBADMSG);
+    assert_string_equal(r.what, "b");
+    /* Trailing bytes are an error too. */
+    walk_init_load(&r, w.buf, w.len, 1);
+    demo_walk(&r, &out);
+    r.len++;
+    assert_int_equal(walk_finish(&r), -EBADMSG);
+    walk_free(&w);
+}
+
+static void test_walk_bad_values(void **state)
+{
+    uint8_t two = 2;
+    uint32_t big = 1000, n;
+    bool b;
+    struct state_walker r;
+
+    (void)state;
+    walk_init_load(&r, &two, 1, 1);
+    assert_int_equal(walk_bool(&r, &b, "flag"), -EBADMSG);
+    walk_init_load(&r, (uint8_t *)&big, 4, 1);
+    assert_int_equal(walk_count(&r, &n, 999, "n"), -EBADMSG);
+    walk_init_load(&r, (uint8_t *)&big, 4, 1);
+    assert_int_equal(walk_count(&r, &n, 1000, "n"), 0);
+}
+
+static void test_header(void **state)
+{
+    struct stream_header h;
+    const char *why = NULL;
+
+    (void)state;
+    stream_header_init(&h, 512ULL << 20, 2, 0xabc, 2600000);
+    assert_int_equal(stream_header_check(&h, &why), 0);
+    h.ncpus = 3;                                   /* checksum no longer matches */
+    assert_int_equal(stream_header_check(&h, &why), -EBADMSG);
+    assert_non_null(strstr(why, "checksum"));
+    stream_header_init(&h, 512ULL << 20, 2, 0xabc, 0);
+    h.format_version = 2;
+    assert_int_equal(stream_header_check(&h, &why), -EPROTO);
+    stream_header_init(&h, 512ULL << 20, 2, 0xabc, 0);
+    h.magic[0] = 'X';
+    assert_int_equal(stream_header_check(&h, &why), -EBADMSG);
+    stream_header_init(&h, 12345, 2, 0, 0);        /* not a whole number of pages */
+    assert_int_equal(stream_header_check(&h, &why), -EBADMSG);
+}
+
+/* Writes records into a pipe and reads them back through stream_io. */
+static void test_records_roundtrip(void **state)
+{
+    int fds[2];
+    struct stream_io out, in;
+    struct stream_record r;
+    uint8_t *payload;
+    const char *why = NULL;
+
+    (void)state;
+    assert_int_equal(pipe(fds), 0);
+    assert_int_equal(stream_io_init(&out, fds[1], 64), 0);
+    assert_int_equal(stream_put_record(&out, REC_SECTION, 4, 0, 1, REC_FLAG_MANDATORY,
+                                       "hello", 5), 0);
+    assert_int_equal(stream_put_record(&out, REC_END, 0, 0, 1, 0, NULL, 0), 0);
+    assert_int_equal(stream_flush(&out), 0);
+    close(fds[1]);
+    assert_int_equal(stream_io_init(&in, fds[0], 16), 0);
+    assert_int_equal(stream_get_record(&in, &r, &payload, &why), 0);
+    assert_int_equal(r.section, 4);
+    assert_memory_equal(payload, "hello", 5);
+    free(payload);
+    assert_int_equal(stream_get_record(&in, &r, &payload, &why), 0);
+    assert_int_equal(r.type, REC_END);
+    free(payload);
+    assert_int_equal(stream_get_record(&in, &r, &payload, &why), -EPIPE);
+    stream_io_free(&in);
+    stream_io_free(&out);
+    close(fds[0]);
+}
+
+static void test_record_checks(void **state)
+{
+    struct stream_record r = { .type = REC_SECTION, .length = 3 };
+    const char *why = NULL;
+
+    (void)state;
+    stream_record_seal(&r, "abc");
+    assert_true(stream_record_check_payload(&r, "abc"));
+    assert_false(stream_record_check_payload(&r, "abd"));
+    r.type = 9;
+    assert_int_equal(stream_record_check_header(&r, &why), -EBADMSG);
+    r.type = REC_SECTION;
+    r.length = STREAM_MAX_SECTION + 1;
+    assert_int_equal(stream_record_check_header(&r, &why), -EBADMSG);
+    r.type = REC_END;
+    r.length = 1;
+    assert_int_equal(stream_record_check_header(&r, &why), -EBADMSG);
+}
+
+static const struct state_ops demo_ops = {
+    .name = "demo", .id = 200, .version = 1, .min_version = 1, .walk = demo_walk,
+};
+
+static void test_registry(void **state)
+{
+    struct state_registry reg = { 0 };
+    struct demo d = { 1, 2, false, "xyz" };
+    struct stream_record rec = { .type = REC_SECTION, .section = 200, .instance = 0,
+                                 .version = 1, .flags = REC_FLAG_MANDATORY };
+    struct state_walker w;
+    char err[256] = "";
+
+    (void)state;
+    assert_int_equal(state_register(&reg, &demo_ops, 0, &d), 0);
+    assert_int_equal(state_check_complete(&reg, err, sizeof(err)), -EBADMSG);
+    assert_non_null(strstr(err, "demo/0 is missing"));
+    walk_init_save(&w, 1);
+    demo_walk(&w, &d);
+    rec.length = w.len;
+    rec.version = 2;                               /* newer than this reader */
+    assert_int_equal(state_load_section(&reg, &rec, w.buf, err, sizeof(err)), -EPROTO);
+    assert_non_null(strstr(err, "version 2"));
+    rec.version = 1;
+    assert_int_equal(state_load_section(&reg, &rec, w.buf, err, sizeof(err)), 0);
+    assert_int_equal(state_load_section(&reg, &rec, w.buf, err, sizeof(err)), -EBADMSG);
+    assert_non_null(strstr(err, "twice"));
+    assert_int_equal(state_check_complete(&reg, err, sizeof(err)), 0);
+    rec.section = 201;                             /* unknown */
+    assert_int_equal(state_load_section(&reg, &rec, w.buf, err, sizeof(err)), -EPROTO);
+    rec.flags = 0;                                 /* unknown but optional: skipped */
+    assert_int_equal(state_load_section(&reg, &rec, w.buf, err, sizeof(err)), 0);
+    walk_free(&w);
+}
+
+/* The RTC section went from version 1 (index + CMOS) to 2 (+ clock offset):
+ * a version-1 payload still loads. */
+static void test_rtc_old_version(void **state)
+{
+    struct state_registry reg = { 0 };
+    struct pio_bus bus;
+    struct rtc rtc;
+    uint8_t v1[1 + 128];
+    struct stream_record rec = { .type = REC_SECTION, .section = SECTION_RTC,
+                                 .version = 1, .flags = REC_FLAG_MANDATORY,
+                                 .length = sizeof(v1) };
+    char err[256] = "";
+
+    (void)state;
+    pio_init(&bus);
+    rtc_init(&rtc, &bus, 256 << 20, 1);
+    rtc.offset_s = 99;
+    memset(v1, 0x11, sizeof(v1));
+    v1[0] = 0x0b;
+    state_register(&reg, &rtc_state_ops, 0, &rtc);
+    assert_int_equal(state_load_section(&reg, &rec, v1, err, sizeof(err)), 0);
+    assert_int_equal(rtc.index, 0x0b);
+    assert_int_equal(rtc.cmos[5], 0x11);
+    assert_int_equal(rtc.offset_s, 0);
+    rec.length = sizeof(v1) - 1;                   /* v1 payload one byte short */
+    reg.e[0].loaded = false;
+    assert_int_equal(state_load_section(&reg, &rec, v1, err, sizeof(err)), -EBADMSG);
+}
+
+static void test_page_zero(void **state)
+{
+    static uint8_t page[4096];
+
+    (void)state;
+    memset(page, 0, sizeof(page));
+    assert_true(page_is_zero(page));
+    for (unsigned i = 0; i < sizeof(page); i += 511) {
+        page[i] = 1;
+        assert_false(page_is_zero(page));
+        page[i] = 0;
+    }
+    page[4095] = 0x80;
+    assert_false(page_is_zero(page));
+}
+
+static void test_pages_load_checks(void **state)
+{
+    static uint8_t ram[64 * 4096];
+    struct guest_mem mem = { .fd = -1, .hva = ram, .size = sizeof(ram), .nregions = 1,
+                             .regions = { { 0, sizeof(ram), 0 } } };
+    uint8_t rec[8 + 2 * 8 + 4096];
+    uint32_t count = 2;
+    uint64_t e[2] = { 4096 | PAGE_F_DATA, 8192 | PAGE_F_ZERO };
+    const char *why = NULL;
+
+    (void)state;
+    memset(ram, 0xee, sizeof(ram));
+    memset(rec, 0, sizeof(rec));
+    memcpy(rec, &count, 4);
+    memcpy(rec + 8, e, sizeof(e));
+    memset(rec + 24, 0x5a, 4096);
+    assert_int_equal(pages_load(&mem, rec, sizeof(rec), &why), 0);
+    assert_int_equal(ram[4096], 0x5a);
+    assert_int_equal(ram[8192], 0);
+    assert_int_equal(ram[0], 0xee);
+    assert_int_equal(pages_load(&mem, rec, sizeof(rec) - 1, &why), -EBADMSG);
+    e[0] = (64 * 4096) | PAGE_F_DATA;              /* beyond RAM */
+    memcpy(rec + 8, e, sizeof(e));
+    assert_int_equal(pages_load(&mem, rec, sizeof(rec), &why), -EBADMSG);
+    assert_non_null(strstr(why, "outside"));
+    e[0] = 4096 | 0x4;                             /* unknown flag */
+    memcpy(rec + 8, e, sizeof(e));
+    assert_int_equal(pages_load(&mem, rec, sizeof(rec), &why), -EBADMSG);
+    count = 0;
+    memcpy(rec, &count, 4);
+    assert_int_equal(pages_load(&mem, rec, sizeof(rec), &why), -EBADMSG);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_walk_roundtrip),
+        cmocka_unit_test(test_walk_bad_values),
+        cmocka_unit_test(test_header),
+        cmocka_unit_test(test_records_roundtrip),
+        cmocka_unit_test(test_record_checks),
+        cmocka_unit_test(test_registry),
+        cmocka_unit_test(test_rtc_old_version),
+        cmocka_unit_test(test_page_zero),
+        cmocka_unit_test(test_pages_load_checks),
+    };
+    return cmocka_run_group_tests_name("stream", tests, NULL, NULL);
+}
