@@ -67,7 +67,8 @@ bool con_pump(size_t budget)
 
 void con_flush(void)
 {
-    while (__atomic_load_n(&con.tail, __ATOMIC_ACQUIRE) != __atomic_load_n(&con.head, __ATOMIC_ACQUIRE))
+    while (__atomic_load_n(&con.tail, __ATOMIC_ACQUIRE) !=
+           __atomic_load_n(&con.head, __ATOMIC_ACQUIRE))
         if (!con_pump(CON_RING))
             cpu_relax();
 }

@@ -206,7 +206,7 @@ trap_syscall:
     jae 2f
     cmp serial_rx, %esi
     jne 2f
-    sti                             /* the interrupt shadow keeps the wake-up from slipping in before hlt */
+    sti                             /* interrupt shadow: no wake-up slips in before hlt */
     hlt
     cli
     jmp 1b

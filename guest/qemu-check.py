@@ -8,6 +8,7 @@ QEMU spends ~3.5 s in its firmware before the guest runs, so each check takes a 
 import argparse
 import os
 import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -22,13 +23,14 @@ HB_RE = re.compile(r"^HB (\d+) (\d+) (\d+)$")
 class Run:
     """One QEMU run: guest lines (after the firmware's noise) with host timestamps."""
 
-    def __init__(self, guest, smp, mem, append, secs, inputs=(), debugcon=None):
+    def __init__(self, guest, smp, mem, append, secs, inputs=(), debugcon=None, qemu_args=()):
         cmd = [QEMU, "-enable-kvm", "-cpu", "host,arch-capabilities=off", "-m", str(mem),
                "-smp", str(smp), "-kernel", guest, "-append", append, "-nographic",
                "-no-reboot", "-serial", "stdio", "-monitor", "none"]
         if debugcon:
             cmd += ["-device", "isa-debugcon,iobase=0xe9,chardev=dbg",
                     "-chardev", f"file,id=dbg,path={debugcon}"]
+        cmd += qemu_args
         self.lines = []             # (host time, text)
         self.ready_at = None
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -36,11 +38,15 @@ class Run:
         reader = threading.Thread(target=self._read, args=(proc,), daemon=True)
         reader.start()
         start = time.monotonic()
-        pending = list(inputs)      # (seconds after READY, bytes)
+        pending = list(inputs)      # (seconds after READY, bytes or a function of this run)
         while proc.poll() is None and time.monotonic() - start < secs:
             if self.ready_at and pending and time.monotonic() - self.ready_at >= pending[0][0]:
-                proc.stdin.write(pending.pop(0)[1])
-                proc.stdin.flush()
+                what = pending.pop(0)[1]
+                if callable(what):
+                    what(self)
+                else:
+                    proc.stdin.write(what)
+                    proc.stdin.flush()
             time.sleep(0.05)
         self.exited = proc.poll() is not None
         if not self.exited:
@@ -191,6 +197,47 @@ def check_tick(guest, smp, rate):
     return errs, info
 
 
+def gdb_write(port, addr, data):
+    """Writes guest memory through QEMU's gdbstub (which pauses the VM meanwhile)."""
+    def packet(body):
+        return b"$%s#%02x" % (body, sum(body) & 0xff)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(packet(b"M%x,%x:%s" % (addr, len(data), data.hex().encode())))
+        reply = b""     # QEMU may first send a stop reply ($T02...) for the pause
+        while b"$OK#" not in reply and b"$E" not in reply:
+            chunk = s.recv(256)
+            if not chunk:
+                break
+            reply += chunk
+        s.sendall(b"+" + packet(b"c"))
+        time.sleep(0.2)
+    return b"$OK#" in reply
+
+
+def check_corrupt(guest):
+    """Flip word 7 of page 100 behind the guest's back: the next round must report it."""
+    port = 20000 + os.getpid() % 20000
+    result = {}
+
+    def corrupt(r):
+        lay = next((t for t in r.text() if t.startswith("TRACE layout")), "")
+        m = re.search(r"pages=0x([0-9a-f]+)", lay)
+        if m:
+            result["ok"] = gdb_write(port, int(m.group(1), 16) + 100 * 4096 + 7 * 8, b"\xff" * 8)
+
+    r = Run(guest, 2, 512, "dirtier.mib=64 dirtier.rate=0 boot.trace=1", 16,
+            inputs=[(3.0, corrupt)], qemu_args=["-gdb", f"tcp:127.0.0.1:{port}"])
+    errs = []
+    fails = r.grep("VERIFY FAIL")
+    if not result.get("ok"):
+        errs.append("gdbstub write failed")
+    if not fails or not re.match(r"^VERIFY FAIL 100 gen=1 expected=1 word=7 bad=1$", fails[0]):
+        errs.append(f"VERIFY FAIL lines: {fails[:2]}")
+    if r.grep("TIME BACKWARDS"):
+        errs.append("time went backwards across the gdb pause")
+    return errs, {"fail": fails[:1]}
+
+
 CHECKS = {
     "boot-1cpu-128M": lambda g: check_boot(g, 1, 128),
     "boot-2cpu-1024M": lambda g: check_boot(g, 2, 1024, 256),
@@ -203,6 +250,7 @@ CHECKS = {
     "rate-max-2cpu": lambda g: check_rate(g, 2, -1, 500000, 10**9),
     "rate-max-4cpu": lambda g: check_rate(g, 4, -1, 500000, 10**9),
     "console": check_console,
+    "corrupt": check_corrupt,
     "tick-1000us": lambda g: check_tick(g, 2, 20000),
 }
 

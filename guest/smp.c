@@ -10,7 +10,8 @@ enum ap_state { AP_OFF, AP_BOOTING, AP_UP, AP_ABANDONED };
 
 extern const u8 tramp_start[], tramp_end[];
 
-volatile u32 ap_boot_index;     /* read by ap_entry64: the slot (and stack) of the AP starting now */
+/* Read by ap_entry64: the slot (and so the stack) of the AP starting now. */
+volatile u32 ap_boot_index;
 static volatile u32 ap_state[MAX_CPUS];
 
 static bool smp_wait_up(u32 cpu, u64 ns)

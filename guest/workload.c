@@ -8,8 +8,8 @@
 
 #define HB_PERIOD_NS        (100 * NS_PER_MS)
 #define VERIFY_PERIOD_NS    NS_PER_SEC      /* one full pass of every share per round */
-#define VERIFY_WAKE_NS      (10 * NS_PER_MS)
-#define DIRTY_BATCH_NS      (2 * NS_PER_MS)
+#define VERIFY_WAKE_NS      (20 * NS_PER_MS)
+#define DIRTY_BATCH_NS      (5 * NS_PER_MS)     /* a wake-up costs ~80 us of emulated CPL0 */
 #define SLICE_NS            (100 * NS_PER_US)
 #define IDLE_SLEEP_NS       (100 * NS_PER_MS)
 #define WAIT_POLL_NS        (2 * NS_PER_MS)
@@ -52,7 +52,6 @@ static struct {
     u64 npages;
     u32 nowners, first_owner;
     u32 go, filled, ready;
-    u64 ready_ns;
 } wl;
 
 /* Verify rounds: the worker that completes a round last prints its one line. */
@@ -424,11 +423,12 @@ static void workload_setup(void)
 static void worker_init(struct worker *w, u32 cpu)
 {
     u32 k = wl.nowners, i = cpu - wl.first_owner;
+    u64 slice = cpu == 0 && c0.tick_ns ? MIN(SLICE_NS, c0.tick_ns / 8) : SLICE_NS;
 
     memset(w, 0, sizeof(*w));
     w->cpu = cpu;
     w->last_ns = pvclock_ns(&pvclock[cpu], true);
-    w->slice_ticks = ns_to_ticks(cpu, cpu == 0 && c0.tick_ns ? MIN(SLICE_NS, c0.tick_ns / 8) : SLICE_NS);
+    w->slice_ticks = ns_to_ticks(cpu, slice);
     w->rng = K_PAGE ^ ((u64)(cpu + 1) * K_GEN);
     w->owner = cpu >= wl.first_owner;
     if (!w->owner)
@@ -449,8 +449,8 @@ static void wait_for(u32 *flag, u32 value, u32 cpu)
             sleep_until(cpu, pvclock_ns(&pvclock[cpu], true) + WAIT_POLL_NS);
 }
 
-/* boot.trace=1: boot phase times since the first instruction, and what a system call
- * and a port-read exit cost on this VMM (useful when comparing VMMs). */
+/* boot.trace=1: boot phase times since the first instruction, what a system call and a
+ * port-read exit cost on this VMM (useful when comparing VMMs), where the pages are. */
 static void boot_trace_print(struct worker *w)
 {
     const volatile struct pvclock *pv = &pvclock[0];
@@ -473,6 +473,8 @@ static void boot_trace_print(struct worker *w)
     t3 = worker_now(w);
     con_printf("TRACE cost_ns syscall=%lu sleep_100us=%lu port_in=%lu\n",
                (t1 - t0) / 100, (t2 - t1) / 100, (t3 - t2) / 100);
+    con_printf("TRACE layout gen=0x%lx pages=0x%lx npages=%lu\n",
+               (u64)wl.gen, (u64)wl.pages, wl.npages);
 }
 
 static void workload_start(struct worker *w)
@@ -492,9 +494,7 @@ static void workload_start(struct worker *w)
     con_printf("READY pages=%lu\n", wl.npages);
     if (cfg.boot_trace)
         boot_trace_print(w);
-    wl.ready_ns = worker_now(w);
-    c0.next_hb = wl.ready_ns;
-    c0.next_tick = wl.ready_ns;
+    c0.next_hb = c0.next_tick = worker_now(w);
     __atomic_store_n(&wl.ready, 1, __ATOMIC_RELEASE);
 }
 

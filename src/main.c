@@ -8,7 +8,9 @@
 #include <unistd.h>
 
 #include "api/api.h"
+#include "api/routes_migration.h"
 #include "api/routes_vm.h"
+#include "migration/migration.h"
 #include "cli/args.h"
 #include "cli/client.h"
 #include "cli/verbs.h"
@@ -114,28 +116,76 @@ static int restore_load(struct vm *vm, const struct run_args *a,
     return 0;
 }
 
-static int run_vm(struct vm *vm, struct run_args *a)
+/* One table for the API: the VM's routes, then migration's. */
+static const struct api_route *all_routes(size_t *n)
 {
-    struct api_server *api = NULL;
-    struct stream_header h;
-    int fd = -1, code;
+    static struct api_route table[32];
 
-    if (a->vm.restore && restore_open(a, &h, &fd) < 0)
-        return 1;
-    if (vm_create(vm, &a->vm) < 0 || (a->vm.restore && restore_load(vm, a, &h, fd) < 0)) {
-        if (fd >= 0)
-            close(fd);
-        return 1;
+    *n = vm_routes_count + migration_routes_count;
+    memcpy(table, vm_routes, vm_routes_count * sizeof(table[0]));
+    memcpy(table + vm_routes_count, migration_routes,
+           migration_routes_count * sizeof(table[0]));
+    return table;
+}
+
+static int api_open(struct api_server **api, struct vm *vm, const struct run_args *a)
+{
+    const struct api_route *routes;
+    size_t n;
+
+    *api = NULL;
+    if (!a->vm.api_socket)
+        return 0;
+    routes = all_routes(&n);
+    return api_start(api, a->vm.api_socket, routes, n, vm) < 0 ? -1 : 0;
+}
+
+/* Creates the VM: booted from a kernel, loaded from a snapshot, or (with
+ * --incoming) received from a migration source, which also starts it. */
+static int run_create(struct vm *vm, struct run_args *a, struct api_server **api)
+{
+    char host[256], port[16], err[256];
+    struct stream_header h;
+    int fd = -1, ret;
+
+    if (a->incoming) {
+        if (mig_parse_uri(a->incoming, host, sizeof(host), port, sizeof(port), err,
+                          sizeof(err)) < 0)
+            return log_err("--incoming: %s", err), -EINVAL;
+        vm->state = VM_INCOMING;
+        if (api_open(api, vm, a) < 0)
+            return -EIO;
+        return mig_incoming(vm->mig, vm, a, host, port);
     }
+    if (a->vm.restore && restore_open(a, &h, &fd) < 0)
+        return -EIO;
+    ret = vm_create(vm, &a->vm);
+    if (ret == 0 && a->vm.restore)
+        ret = restore_load(vm, a, &h, fd);
     if (fd >= 0)
         close(fd);
-    if (a->vm.api_socket &&
-        api_start(&api, a->vm.api_socket, vm_routes, vm_routes_count, vm) < 0)
-        return 1;
+    if (ret == 0 && api_open(api, vm, a) < 0)
+        ret = -EIO;
+    if (ret == 0)
+        ret = vm_start(vm, a->paused);
+    return ret;
+}
+
+static int run_vm(struct vm *vm, struct run_args *a)
+{
+    static struct migration mig;
+    struct api_server *api = NULL;
+    int code = 1;
+
+    mig_init(&mig);
+    vm_init(vm, &a->vm);
+    vm->mig = &mig;
     if (a->vm.console && strcmp(a->vm.console, "stdio") == 0)
         tty_raw();
-    vm_start(vm, a->paused);
-    code = vm_wait(vm);
+    if (run_create(vm, a, &api) == 0)
+        code = vm_wait(vm);
+    if (mig.thread_started)
+        pthread_join(mig.thread, NULL);
     if (api)
         api_stop(api);
     tty_restore();
@@ -172,6 +222,8 @@ static void usage(void)
         "  run        start a VM (ferry run --help)\n"
         "  restore    start a VM from a snapshot (ferry restore --help)\n"
         "  snapshot   pause a VM and write its snapshot (--api-socket PATH FILE [--resume])\n"
+        "  migrate    live-migrate a VM (ferry migrate --help)\n"
+        "  migrate-status, migrate-cancel   a migration's progress and report; cancel it\n"
         "  status     show a running VM (--api-socket PATH)\n"
         "  pause      pause a VM's vCPUs\n"
         "  resume     resume a paused VM\n"
@@ -196,6 +248,10 @@ int main(int argc, char **argv)
         return run_main(argc - 1, argv + 1);
     if (strcmp(verb, "snapshot") == 0)
         return verb_snapshot_main(argc - 1, argv + 1);
+    if (strcmp(verb, "migrate") == 0)
+        return verb_migrate_main(argc - 1, argv + 1);
+    if (strcmp(verb, "migrate-status") == 0 || strcmp(verb, "migrate-cancel") == 0)
+        return verb_migrate_simple_main(argc - 1, argv + 1);
     if (strcmp(verb, "status") == 0 || strcmp(verb, "pause") == 0 ||
         strcmp(verb, "resume") == 0 || strcmp(verb, "shutdown") == 0)
         return client_verb_main(argc - 1, argv + 1);

@@ -10,7 +10,7 @@
 #include "util/util.h"
 
 enum { OPT_KERNEL = 256, OPT_INITRD, OPT_CMDLINE, OPT_MEMORY, OPT_CPUS,
-       OPT_API, OPT_CONSOLE, OPT_DEBUGCON, OPT_LOG, OPT_SNAPSHOT, OPT_PAUSED };
+       OPT_API, OPT_CONSOLE, OPT_DEBUGCON, OPT_LOG, OPT_SNAPSHOT, OPT_PAUSED, OPT_INCOMING };
 
 static const struct option run_options[] = {
     { "kernel", required_argument, NULL, OPT_KERNEL },
@@ -24,6 +24,7 @@ static const struct option run_options[] = {
     { "log-level", required_argument, NULL, OPT_LOG },
     { "snapshot", required_argument, NULL, OPT_SNAPSHOT },
     { "paused", no_argument, NULL, OPT_PAUSED },
+    { "incoming", required_argument, NULL, OPT_INCOMING },
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
@@ -33,6 +34,7 @@ void args_run_usage(void)
 {
     fprintf(stderr,
         "usage: ferry run --kernel PATH [options]\n"
+        "       ferry run --incoming tcp:HOST:PORT [options]   (wait for a migration)\n"
         "  --kernel PATH         test guest ELF, Linux bzImage or PVH vmlinux\n"
         "  --initrd PATH         initial ramdisk\n"
         "  --cmdline STR         kernel command line\n"
@@ -124,6 +126,7 @@ static int args_one(int opt, struct run_args *a, char *err, size_t len)
         return args_cpus(optarg, &c->ncpus, err, len);
     case OPT_SNAPSHOT: a->snapshot = optarg; return 0;
     case OPT_PAUSED: a->paused = true; return 0;
+    case OPT_INCOMING: a->incoming = optarg; return 0;
     case OPT_API: c->api_socket = optarg; return 0;
     case OPT_CONSOLE: c->console = optarg; return args_console(optarg, err, len);
     case OPT_DEBUGCON: c->debugcon = optarg; return 0;
@@ -145,6 +148,12 @@ static int args_check_verb(struct run_args *a, bool restore, char *err, size_t l
         bad = !a->snapshot ? "--snapshot is required" :
               a->vm.kernel || a->vm.initrd || a->vm.cmdline ?
               "--kernel, --initrd and --cmdline come from the snapshot" : NULL;
+        a->vm.restore = true;
+    } else if (a->incoming) {
+        bad = a->vm.kernel || a->vm.initrd || a->vm.cmdline ?
+              "--kernel, --initrd and --cmdline come from the migration source" :
+              strncmp(a->incoming, "tcp:", 4) != 0 ? "--incoming takes tcp:HOST:PORT" :
+              a->snapshot || a->paused ? "--snapshot and --paused belong to ferry restore" : NULL;
         a->vm.restore = true;
     } else {
         bad = !a->vm.kernel ? "--kernel is required" :

@@ -13,6 +13,7 @@ struct run_args {
     struct vm_config vm;
     int log_level;            /* enum log_level */
     const char *snapshot;     /* restore: the file to start from */
+    const char *incoming;     /* run --incoming tcp:HOST:PORT */
     bool paused;              /* restore: start with vCPUs paused */
     bool memory_given;        /* restore: --memory/--cpus must match the snapshot */
     bool cpus_given;

@@ -8,7 +8,9 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <pthread.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli/client.h"
 
@@ -79,4 +81,201 @@ int verb_snapshot_main(int argc, char **argv)
         return CLIENT_EXIT_USAGE;
     }
     return snapshot_request(sock, argv[optind], resume);
+}
+
+static void migrate_usage(void)
+{
+    fprintf(stderr,
+        "usage: ferry migrate --api-socket PATH tcp:HOST:PORT [options]\n"
+        "  --downtime-ms N        downtime limit (default 300)\n"
+        "  --bandwidth MiB/s      cap the transfer rate (default: no cap)\n"
+        "  --max-time S           give up after S seconds of pre-copy ...\n"
+        "  --on-timeout fail|force  ... or switch over anyway (default fail)\n"
+        "  --auto-converge        throttle vCPUs when memory is dirtied too fast\n"
+        "  --wait                 show progress and print the final report\n");
+}
+
+struct migrate_opts {
+    const char *sock;
+    const char *uri;
+    long long downtime_ms, bandwidth, max_time;
+    const char *on_timeout;
+    bool auto_converge, wait;
+};
+
+static int migrate_number(const char *s, long long *out, const char *name)
+{
+    char *end;
+
+    errno = 0;
+    *out = strtoll(s, &end, 10);
+    if (errno || *end || !*s || *out < 0) {
+        fprintf(stderr, "ferry migrate: %s: '%s' is not a number\n", name, s);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int migrate_parse(int argc, char **argv, struct migrate_opts *o)
+{
+    static const struct option opts[] = {
+        { "api-socket", required_argument, NULL, 's' },
+        { "downtime-ms", required_argument, NULL, 'd' },
+        { "bandwidth", required_argument, NULL, 'b' },
+        { "max-time", required_argument, NULL, 't' },
+        { "on-timeout", required_argument, NULL, 'o' },
+        { "auto-converge", no_argument, NULL, 'a' },
+        { "wait", no_argument, NULL, 'w' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    int opt, ret = 0;
+
+    *o = (struct migrate_opts){ .downtime_ms = 300, .on_timeout = "fail" };
+    optind = 0;
+    opterr = 0;
+    while (ret == 0 && (opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (opt) {
+        case 's': o->sock = optarg; break;
+        case 'd': ret = migrate_number(optarg, &o->downtime_ms, "--downtime-ms"); break;
+        case 'b': ret = migrate_number(optarg, &o->bandwidth, "--bandwidth"); break;
+        case 't': ret = migrate_number(optarg, &o->max_time, "--max-time"); break;
+        case 'o': o->on_timeout = optarg; break;
+        case 'a': o->auto_converge = true; break;
+        case 'w': o->wait = true; break;
+        case 'h': return 1;
+        default: fprintf(stderr, "ferry migrate: unknown option %s\n", argv[optind - 1]); return -EINVAL;
+        }
+    }
+    if (ret == 0 && (!o->sock || optind != argc - 1))
+        return -EINVAL;
+    o->uri = ret == 0 ? argv[optind] : NULL;
+    return ret;
+}
+
+struct migrate_put {
+    const char *sock;
+    char *body;
+    long status;
+    char *resp;
+    int ret;
+    volatile bool done;
+};
+
+static void *migrate_put_thread(void *arg)
+{
+    struct migrate_put *p = arg;
+
+    p->ret = client_request(p->sock, "PUT", "/v1/migration", p->body, &p->status, &p->resp);
+    __atomic_store_n(&p->done, true, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+/* One line, redrawn in place on a terminal. */
+static void migrate_progress(const char *sock)
+{
+    long status = 0;
+    char *resp = NULL;
+    json_t *j;
+
+    if (client_request(sock, "GET", "/v1/migration", NULL, &status, &resp) < 0 || status != 200)
+        goto out;
+    j = json_loads(resp, 0, NULL);
+    if (j) {
+        json_int_t done = json_integer_value(json_object_get(j, "pages_normal")) +
+                          json_integer_value(json_object_get(j, "pages_zero"));
+        json_int_t left = json_integer_value(json_object_get(j, "pages_remaining"));
+        fprintf(stderr, "\r%-10s round %-3d %5.1f%%  %6lld MiB sent  %6lld MiB/s  dirty %lld p/s"
+                "  expected downtime %.0f ms   ",
+                json_string_value(json_object_get(j, "state")),
+                (int)json_integer_value(json_object_get(j, "round")),
+                done + left ? 100.0 * (double)done / (double)(done + left) : 0.0,
+                (long long)(json_integer_value(json_object_get(j, "bytes")) >> 20),
+                (long long)json_integer_value(json_object_get(j, "bandwidth_mibs")),
+                (long long)json_integer_value(json_object_get(j, "dirty_rate_pps")),
+                json_real_value(json_object_get(j, "expected_downtime_ms")));
+        json_decref(j);
+    }
+out:
+    free(resp);
+}
+
+static int migrate_wait(const char *sock, char *body)
+{
+    struct migrate_put p = { .sock = sock, .body = body };
+    pthread_t t;
+    bool tty = isatty(STDERR_FILENO);
+    int ret;
+
+    if (pthread_create(&t, NULL, migrate_put_thread, &p) != 0)
+        return CLIENT_EXIT_API;
+    while (!__atomic_load_n(&p.done, __ATOMIC_ACQUIRE)) {
+        if (tty)
+            migrate_progress(sock);
+        usleep(250000);
+    }
+    pthread_join(t, NULL);
+    if (tty)
+        fprintf(stderr, "\n");
+    if (p.ret < 0) {
+        fprintf(stderr, "ferry migrate: request to %s failed: %s\n", sock, strerror(-p.ret));
+        return CLIENT_EXIT_CONNECT;
+    }
+    printf("%s\n", p.resp ? p.resp : "");
+    ret = p.status == 200 ? CLIENT_EXIT_OK : CLIENT_EXIT_API;
+    if (ret)
+        fprintf(stderr, "ferry migrate: the migration did not complete (HTTP %ld)\n", p.status);
+    free(p.resp);
+    return ret;
+}
+
+int verb_migrate_main(int argc, char **argv)
+{
+    struct migrate_opts o;
+    json_t *body;
+    char *text;
+    int ret = migrate_parse(argc, argv, &o);
+
+    if (ret) {
+        migrate_usage();
+        return ret > 0 ? 0 : CLIENT_EXIT_USAGE;
+    }
+    body = json_pack("{s:s, s:I, s:I, s:I, s:s, s:b, s:b}", "uri", o.uri,
+                     "downtime_ms", (json_int_t)o.downtime_ms, "bandwidth_mibs",
+                     (json_int_t)o.bandwidth, "max_time_s", (json_int_t)o.max_time,
+                     "on_timeout", o.on_timeout, "auto_converge", o.auto_converge,
+                     "wait", o.wait);
+    text = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    ret = o.wait ? migrate_wait(o.sock, text)
+                 : client_verb_request("migrate", o.sock, "PUT", "/v1/migration", text);
+    free(text);
+    return ret;
+}
+
+int verb_migrate_simple_main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "api-socket", required_argument, NULL, 's' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *sock = NULL;
+    bool cancel = strcmp(argv[0], "migrate-cancel") == 0;
+    int opt;
+
+    optind = 0;
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (opt != 's') {
+            fprintf(stderr, "usage: ferry %s --api-socket PATH\n", argv[0]);
+            return CLIENT_EXIT_USAGE;
+        }
+        sock = optarg;
+    }
+    if (!sock || optind != argc) {
+        fprintf(stderr, "usage: ferry %s --api-socket PATH\n", argv[0]);
+        return CLIENT_EXIT_USAGE;
+    }
+    return client_verb_request(argv[0], sock, cancel ? "PUT" : "GET",
+                               cancel ? "/v1/migration/cancel" : "/v1/migration", NULL);
 }

@@ -4,5 +4,9 @@
 
 /* ferry snapshot --api-socket PATH FILE [--resume]; returns the exit code. */
 int verb_snapshot_main(int argc, char **argv);
+/* ferry migrate --api-socket PATH tcp:HOST:PORT [options] [--wait] */
+int verb_migrate_main(int argc, char **argv);
+/* ferry migrate-status|migrate-cancel --api-socket PATH */
+int verb_migrate_simple_main(int argc, char **argv);
 
 #endif

@@ -35,7 +35,12 @@ void stream_header_init(struct stream_header *h, uint64_t mem_size, uint32_t ncp
     h->ncpus = ncpus;
     h->cpuid_fingerprint = cpuid_fp;
     h->tsc_khz = tsc_khz;
-    h->checksum = XXH64(h, offsetof(struct stream_header, checksum), 0);
+    h->checksum = stream_header_seal(h);
+}
+
+uint64_t stream_header_seal(const struct stream_header *h)
+{
+    return XXH64(h, offsetof(struct stream_header, checksum), 0);
 }
 
 int stream_header_check(const struct stream_header *h, const char **why)
@@ -81,13 +86,14 @@ static uint64_t record_max_len(uint32_t type)
     case REC_SECTION: return STREAM_MAX_SECTION;
     case REC_PAGES: return 8 + STREAM_PAGES_PER_REC * (8 + STREAM_PAGE_SIZE);
     case REC_END: return 0;
-    default: return 0;
+    default: return STREAM_MAX_CTRL;   /* migration control records */
     }
 }
 
 int stream_record_check_header(const struct stream_record *r, const char **why)
 {
-    if (r->type < REC_SECTION || r->type > REC_END)
+    if ((r->type < REC_SECTION || r->type > REC_END) &&
+        (r->type < REC_FIRST_CTRL || r->type > REC_LAST_CTRL))
         return *why = "unknown record type", -EBADMSG;
     if (r->length > record_max_len(r->type))
         return *why = "record longer than its type allows", -EBADMSG;

@@ -20,6 +20,11 @@ enum stream_rec_type {
     REC_END = 3,
 };
 
+/* Migration control records (src/migration/migration.h) use these types. */
+#define REC_FIRST_CTRL 16
+#define REC_LAST_CTRL  31
+#define STREAM_MAX_CTRL 512
+
 #define REC_FLAG_MANDATORY 1u   /* a reader that does not know it must fail */
 
 /* Wire layout, little-endian, 112 bytes. */
@@ -33,7 +38,9 @@ struct stream_header {
     uint32_t flags;
     uint64_t cpuid_fingerprint;
     uint64_t tsc_khz;
-    uint8_t reserved[40];
+    uint32_t proto_version;   /* migration protocol; 0 in snapshot files */
+    uint32_t proto_flags;     /* migration capabilities asked for */
+    uint8_t reserved[32];
     uint64_t checksum;        /* XXH64 of the bytes above */
 };
 
@@ -57,6 +64,8 @@ struct stream_record {
 
 void stream_header_init(struct stream_header *h, uint64_t mem_size, uint32_t ncpus,
                         uint64_t cpuid_fp, uint64_t tsc_khz);
+/* The checksum a header's fields call for (after changing a field). */
+uint64_t stream_header_seal(const struct stream_header *h);
 /* Validates magic, version, size and checksum; why says what is wrong. */
 int stream_header_check(const struct stream_header *h, const char **why);
 

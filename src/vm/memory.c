@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <linux/kvm.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -121,5 +122,39 @@ int mem_write(struct guest_mem *mem, uint64_t gpa, const void *src, size_t len)
     if (!dst)
         return -EFAULT;
     memcpy(dst, src, len);
+    mem_mark_written(mem, gpa, len);
     return 0;
+}
+
+void mem_mark_written(struct guest_mem *mem, uint64_t gpa, uint64_t len)
+{
+    for (unsigned i = 0; i < mem->nregions && len; i++) {
+        const struct mem_region *r = &mem->regions[i];
+        uint64_t *bm = __atomic_load_n(&mem->written[i], __ATOMIC_ACQUIRE);
+
+        if (!bm || gpa < r->gpa || gpa - r->gpa >= r->size)
+            continue;
+        for (uint64_t p = (gpa - r->gpa) / PAGE_SIZE;
+             p <= (gpa - r->gpa + len - 1) / PAGE_SIZE && p < r->size / PAGE_SIZE; p++)
+            __atomic_fetch_or(&bm[p / 64], 1ULL << (p % 64), __ATOMIC_RELAXED);
+    }
+}
+
+void mem_track_writes(struct guest_mem *mem, bool on)
+{
+    for (unsigned i = 0; i < mem->nregions; i++) {
+        uint64_t *old, *bm = on ? calloc((mem->regions[i].size / PAGE_SIZE + 63) / 64, 8) : NULL;
+
+        old = __atomic_exchange_n(&mem->written[i], bm, __ATOMIC_ACQ_REL);
+        free(old);   /* writers finish within the pause that ends tracking */
+    }
+}
+
+void mem_collect_writes(struct guest_mem *mem, unsigned i, uint64_t *bitmap)
+{
+    uint64_t *bm = __atomic_load_n(&mem->written[i], __ATOMIC_ACQUIRE);
+    uint64_t words = (mem->regions[i].size / PAGE_SIZE + 63) / 64;
+
+    for (uint64_t w = 0; bm && w < words; w++)
+        bitmap[w] |= __atomic_exchange_n(&bm[w], 0, __ATOMIC_RELAXED);
 }

@@ -25,6 +25,9 @@ struct guest_mem {
     uint64_t size;          /* RAM bytes */
     unsigned nregions;
     struct mem_region regions[MEM_MAX_REGIONS];
+    /* Pages ferry itself wrote while migration tracks writes (one bitmap
+     * per region, NULL when not tracking); merged into KVM's dirty log. */
+    uint64_t *written[MEM_MAX_REGIONS];
 };
 
 /* Splits ram bytes into regions (pure; unit-tested). Returns the count. */
@@ -38,6 +41,11 @@ int mem_register(struct guest_mem *mem, int vm_fd);
 void *mem_ptr(const struct guest_mem *mem, uint64_t gpa, uint64_t len);
 /* Copies into guest memory; -EFAULT if the range is not RAM. */
 int mem_write(struct guest_mem *mem, uint64_t gpa, const void *src, size_t len);
+/* Marks [gpa, gpa+len) as written by ferry (no-op unless tracking). */
+void mem_mark_written(struct guest_mem *mem, uint64_t gpa, uint64_t len);
+void mem_track_writes(struct guest_mem *mem, bool on);
+/* ORs the pages ferry wrote in region i into bitmap and forgets them. */
+void mem_collect_writes(struct guest_mem *mem, unsigned i, uint64_t *bitmap);
 /* The host's RAM in bytes, from /proc/meminfo (0 if unknown). */
 uint64_t mem_host_total(void);
 

@@ -165,7 +165,7 @@ int vm_read_header(int fd, struct stream_header *h, char *err, size_t len)
     return ret;
 }
 
-static int restore_record(struct vm *vm, const struct stream_record *r, const uint8_t *p,
+int vm_apply_record(struct vm *vm, const struct stream_record *r, const uint8_t *p,
                           char *err, size_t len)
 {
     const char *why = "";
@@ -176,6 +176,10 @@ static int restore_record(struct vm *vm, const struct stream_record *r, const ui
         if (ret < 0)
             snprintf(err, len, "memory pages: %s", why);
         return ret;
+    }
+    if (r->type != REC_SECTION) {
+        snprintf(err, len, "unexpected record type %u in a state stream", r->type);
+        return -EBADMSG;
     }
     return state_load_section(&vm->sections, r, p, err, len);
 }
@@ -201,7 +205,7 @@ int vm_restore_stream(struct vm *vm, int fd, char *err, size_t len)
             ret = state_check_complete(&vm->sections, err, len);
             break;
         }
-        ret = restore_record(vm, &r, payload, err, len);
+        ret = vm_apply_record(vm, &r, payload, err, len);
         free(payload);
     }
     stream_io_free(&io);

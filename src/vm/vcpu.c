@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -263,6 +264,14 @@ static bool vcpu_requests_pending(struct vm *vm)
            __atomic_load_n(&vm->stop_req, __ATOMIC_ACQUIRE);
 }
 
+static void vcpu_sleep(uint64_t ns)
+{
+    struct timespec ts = { .tv_sec = (time_t)(ns / 1000000000ULL),
+                           .tv_nsec = (long)(ns % 1000000000ULL) };
+
+    nanosleep(&ts, NULL);
+}
+
 static void *vcpu_thread(void *arg)
 {
     struct vcpu *vcpu = arg;
@@ -272,6 +281,10 @@ static void *vcpu_thread(void *arg)
     pthread_setname_np(pthread_self(), name);
     vcpu_current_run = vcpu->run;
     for (;;) {
+        uint64_t throttle = __atomic_exchange_n(&vcpu->throttle_ns, 0, __ATOMIC_ACQ_REL);
+
+        if (throttle)
+            vcpu_sleep(throttle);
         if (vcpu_requests_pending(vcpu->vm) && !vcpu_park(vcpu))
             break;
         if (ioctl(vcpu->fd, KVM_RUN, 0) < 0) {

@@ -22,7 +22,7 @@
 
 #define VM_MAX_VCPUS 64
 
-enum vm_state { VM_CREATED, VM_RUNNING, VM_PAUSED, VM_SHUTDOWN };
+enum vm_state { VM_CREATED, VM_RUNNING, VM_PAUSED, VM_SHUTDOWN, VM_INCOMING };
 
 struct vm_config {
     uint64_t mem_bytes;
@@ -47,6 +47,7 @@ struct snapshot_progress {
 };
 
 struct vm;
+struct migration;
 
 struct vcpu {
     struct vm *vm;
@@ -58,6 +59,7 @@ struct vcpu {
     bool paused;              /* parked in vcpu_park(), under vm->lock */
     uint64_t exits;
     uint64_t io_exits;
+    uint64_t throttle_ns;     /* auto-converge: sleep this long before re-entry */
 };
 
 struct vm {
@@ -98,8 +100,14 @@ struct vm {
     uint32_t xsave_size;
     bool clock_follow_realtime;   /* migration: guest time advances across the gap */
     struct snapshot_progress snap;
+    struct migration *mig;    /* this VMM's migration, either side */
+    unsigned throttle_pct;
+    pthread_t throttle_thread;
+    bool throttle_thread_started;
 };
 
+/* Fields only, no KVM: enough for the API to answer before the VM exists. */
+void vm_init(struct vm *vm, const struct vm_config *cfg);
 int vm_create(struct vm *vm, const struct vm_config *cfg);
 /* Starts the vCPU threads, parked at once if paused. */
 int vm_start(struct vm *vm, bool paused);
@@ -130,6 +138,9 @@ int vm_snapshot(struct vm *vm, const char *path, bool resume, struct snapshot_re
                 char *err, size_t errlen);
 /* Reads a whole stream into a created (not started) VM. */
 int vm_restore_stream(struct vm *vm, int fd, char *err, size_t errlen);
+/* Applies one pages or section record to a VM being restored. */
+int vm_apply_record(struct vm *vm, const struct stream_record *r, const uint8_t *payload,
+                    char *err, size_t errlen);
 /* Reads and checks only the header, to size the VM before creating it. */
 int vm_read_header(int fd, struct stream_header *h, char *err, size_t errlen);
 uint64_t vm_cpuid_fingerprint(struct vm *vm);

@@ -187,7 +187,7 @@ def make_elf(code, entry_offset=0, load=0x100000):
 
 
 # --- the state stream (docs/STREAM.md), parsed independently of ferry -------
-HEADER_FMT = "<8sII16sQIIQQ40sQ"
+HEADER_FMT = "<8sII16sQIIQQII32sQ"
 HEADER_SIZE = struct.calcsize(HEADER_FMT)
 RECORD_FMT = "<IIIIIIQQ"
 RECORD_SIZE = struct.calcsize(RECORD_FMT)
@@ -199,7 +199,7 @@ def parse_stream(data):
     """Returns (header dict, [record dicts with payload offsets])."""
     f = struct.unpack_from(HEADER_FMT, data, 0)
     header = dict(magic=f[0], format_version=f[1], header_size=f[2], mem_size=f[4],
-                  ncpus=f[5], cpuid_fp=f[7], tsc_khz=f[8], checksum=f[10])
+                  ncpus=f[5], cpuid_fp=f[7], tsc_khz=f[8], proto_version=f[9], checksum=f[12])
     records, off = [], HEADER_SIZE
     while off < len(data):
         t, sec, inst, ver, flags, _, length, csum = struct.unpack_from(RECORD_FMT, data, off)

@@ -1,0 +1,45 @@
+/* Dirty page tracking for migration: KVM's dirty log with manual protect
+ * (initially set, cleared chunk by chunk just before a chunk is sent), merged
+ * with pages ferry itself wrote into guest memory. */
+#ifndef FERRY_MIGRATION_DIRTY_H
+#define FERRY_MIGRATION_DIRTY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vm/memory.h"
+
+struct dirty_slot {
+    uint64_t gpa;
+    uint64_t pages;
+    uint64_t *bitmap;       /* one bit per page, 64-bit words */
+};
+
+struct dirty_log {
+    int vm_fd;
+    struct guest_mem *mem;
+    unsigned nslots;
+    struct dirty_slot slots[MEM_MAX_REGIONS];
+    bool enabled;
+};
+
+/* Pure bitmap helpers (unit-tested). */
+uint64_t bitmap_count(const uint64_t *bm, uint64_t bits);
+/* Finds the next set bit at or after from; returns bits if none. */
+uint64_t bitmap_next(const uint64_t *bm, uint64_t bits, uint64_t from);
+void bitmap_or(uint64_t *dst, const uint64_t *src, uint64_t bits);
+static inline uint64_t bitmap_words(uint64_t bits) { return (bits + 63) / 64; }
+
+int dirty_start(struct dirty_log *d, int vm_fd, struct guest_mem *mem);
+void dirty_stop(struct dirty_log *d);
+/* Fetches KVM's log for every slot into the bitmaps (OR-ed with ferry's own
+ * writes); returns the number of dirty pages. Does not re-protect. */
+int64_t dirty_sync(struct dirty_log *d);
+/* Re-protects (clears) 64 pages from first (a multiple of 64) in a slot, so
+ * writes from now on are caught for the next round. */
+int dirty_clear_chunk(struct dirty_log *d, unsigned slot, uint64_t first);
+/* Clears the whole log of every slot (start of round 1). */
+int dirty_clear_all(struct dirty_log *d);
+
+#endif

@@ -1,0 +1,139 @@
+/* Migration bookkeeping shared by both sides: lifecycle calls and the
+ * status/report JSON. */
+#include "migration/migration.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "util/util.h"
+
+void mig_init(struct migration *m)
+{
+    memset(m, 0, sizeof(*m));
+    pthread_mutex_init(&m->lock, NULL);
+    pthread_cond_init(&m->done, NULL);
+    m->sock = -1;
+}
+
+const char *mig_state_name(enum mig_state s)
+{
+    static const char *const names[] = {
+        "none", "setup", "precopy", "switchover", "completed", "failed", "cancelled",
+        "waiting", "receiving", "applying", "running",
+    };
+    return names[s];
+}
+
+static bool mig_active_locked(const struct migration *m)
+{
+    return m->state == MIG_SETUP || m->state == MIG_PRECOPY || m->state == MIG_SWITCHOVER;
+}
+
+bool mig_active(struct migration *m)
+{
+    enum mig_state s = __atomic_load_n(&m->state, __ATOMIC_ACQUIRE);
+
+    return s == MIG_SETUP || s == MIG_PRECOPY || s == MIG_SWITCHOVER;
+}
+
+void mig_wait(struct migration *m)
+{
+    pthread_mutex_lock(&m->lock);
+    while (m->state == MIG_SETUP || m->state == MIG_PRECOPY || m->state == MIG_SWITCHOVER)
+        pthread_cond_wait(&m->done, &m->lock);
+    pthread_mutex_unlock(&m->lock);
+}
+
+/* The thread notices the flag between batches; shutting the socket down
+ * also frees it from a send or receive that would otherwise block. Once the
+ * switchover has started, cancelling is refused: the VM may already run on
+ * the destination. */
+int mig_cancel(struct migration *m)
+{
+    struct timespec until;
+    int ret = 0;
+
+    pthread_mutex_lock(&m->lock);
+    if (m->state == MIG_SETUP || m->state == MIG_PRECOPY) {
+        __atomic_store_n(&m->cancel, true, __ATOMIC_RELEASE);
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 2;
+        while (mig_active_locked(m) && pthread_cond_timedwait(&m->done, &m->lock, &until) == 0)
+            ;
+        if (mig_active_locked(m) && m->sock >= 0)
+            shutdown(m->sock, SHUT_RDWR);   /* blocked on a peer that stopped reading */
+    } else {
+        ret = m->state == MIG_SWITCHOVER ? -EINPROGRESS : -ENOENT;
+    }
+    pthread_mutex_unlock(&m->lock);
+    return ret;
+}
+
+static json_t *round_json(const struct mig_round *r)
+{
+    return json_pack("{s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:i, s:I}",
+                     "round", (int)r->round, "pages", (json_int_t)r->pages,
+                     "zero_pages", (json_int_t)r->zero, "bytes", (json_int_t)r->bytes,
+                     "duration_ms", (json_int_t)(r->duration_ns / 1000000),
+                     "dirty_pages", (json_int_t)r->dirty_pages,
+                     "dirty_rate_pps", (json_int_t)r->dirty_rate_pps,
+                     "throttle_pct", (int)r->throttle,
+                     "expected_downtime_ms", (json_int_t)(r->expected_downtime_ns / 1000000));
+}
+
+static json_t *downtime_json(const struct mig_downtime *d)
+{
+    return json_pack("{s:f, s:f, s:f, s:f, s:f, s:I, s:I}",
+                     "total_ms", d->total_ns / 1e6, "pause_ms", d->pause_ns / 1e6,
+                     "final_pages_ms", d->final_pages_ns / 1e6, "state_ms", d->state_ns / 1e6,
+                     "dest_apply_ms", d->dest_apply_ns / 1e6,
+                     "final_pages", (json_int_t)d->final_pages,
+                     "state_bytes", (json_int_t)d->state_bytes);
+}
+
+static json_t *params_json(const struct mig_params *p)
+{
+    return json_pack("{s:s, s:s, s:I, s:I, s:I, s:s, s:b}", "host", p->host, "port", p->port,
+                     "downtime_limit_ms", (json_int_t)(p->policy.downtime_limit_ns / 1000000),
+                     "bandwidth_mibs", (json_int_t)(p->bandwidth_bps >> 20),
+                     "max_time_s", (json_int_t)(p->policy.max_time_ns / 1000000000ULL),
+                     "on_timeout", p->policy.on_timeout == ON_TIMEOUT_FORCE ? "force" : "fail",
+                     "auto_converge", p->policy.auto_converge);
+}
+
+static uint64_t mig_elapsed(const struct migration *m)
+{
+    if (!m->start_ns)
+        return 0;
+    return m->total_ns ? m->total_ns : time_now_ns() - m->start_ns;
+}
+
+json_t *mig_status_json(struct migration *m)
+{
+    json_t *rounds = json_array(), *j;
+
+    pthread_mutex_lock(&m->lock);
+    for (unsigned i = 0; i < m->nrounds; i++)
+        json_array_append_new(rounds, round_json(&m->rounds[i]));
+    j = json_pack("{s:s, s:s, s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:i, s:i, s:I, s:o, s:o}",
+                  "role", m->source ? "source" : "destination",
+                  "state", mig_state_name(m->state), "round", (int)m->round,
+                  "bytes", (json_int_t)__atomic_load_n(&m->bytes, __ATOMIC_RELAXED),
+                  "pages_normal", (json_int_t)__atomic_load_n(&m->pages_normal, __ATOMIC_RELAXED),
+                  "pages_zero", (json_int_t)__atomic_load_n(&m->pages_zero, __ATOMIC_RELAXED),
+                  "pages_remaining", (json_int_t)m->pages_remaining,
+                  "dirty_rate_pps", (json_int_t)m->dirty_rate_pps,
+                  "bandwidth_mibs", (json_int_t)(m->bandwidth_bps >> 20),
+                  "expected_downtime_ms", m->expected_downtime_ns / 1e6,
+                  "throttle_pct", (int)m->throttle, "throttle_max_pct", (int)m->throttle_max,
+                  "total_ms", (json_int_t)(mig_elapsed(m) / 1000000),
+                  "downtime", downtime_json(&m->downtime), "rounds", rounds);
+    if (m->source)
+        json_object_set_new(j, "params", params_json(&m->params));
+    if (m->error[0])
+        json_object_set_new(j, "error", json_string(m->error));
+    pthread_mutex_unlock(&m->lock);
+    return j;
+}

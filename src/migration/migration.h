@@ -1,0 +1,120 @@
+/* Live migration: the source engine (a thread in the source VMM), the
+ * destination (ferry run --incoming), their wire protocol (docs/MIGRATION.md)
+ * and the per-migration report. */
+#ifndef FERRY_MIGRATION_MIGRATION_H
+#define FERRY_MIGRATION_MIGRATION_H
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "migration/policy.h"
+
+#define MIG_PROTO_VERSION 1
+#define MIG_MAX_ROUNDS    1024
+#define MIG_CTRL_MAX      512      /* bytes of a control record payload */
+
+/* Control records, beside the stream's section/pages/end records. */
+enum mig_rec_type {
+    REC_ACK = 16,       /* dst -> src: handshake answer {i32 status, text} */
+    REC_ROUND = 17,     /* src -> dst: a pre-copy round ended {u32 round} */
+    REC_RUNNING = 18,   /* dst -> src: VM runs {i32 status, u64 resume_rt_ns, u64 apply_ns, text} */
+    REC_CANCEL = 19,    /* src -> dst: migration cancelled {text} */
+};
+
+enum mig_state {
+    MIG_NONE, MIG_SETUP, MIG_PRECOPY, MIG_SWITCHOVER, MIG_COMPLETED, MIG_FAILED,
+    MIG_CANCELLED,
+    /* destination side */
+    MIG_WAITING, MIG_RECEIVING, MIG_APPLYING, MIG_RUNNING,
+};
+
+struct mig_params {
+    char host[256];
+    char port[16];
+    struct policy_config policy;
+    uint64_t bandwidth_bps;      /* 0: no cap */
+};
+
+struct mig_round {
+    unsigned round;
+    uint64_t pages;              /* with data */
+    uint64_t zero;
+    uint64_t bytes;
+    uint64_t duration_ns;
+    uint64_t dirty_pages;        /* found dirty at the end of the round */
+    uint64_t dirty_rate_pps;
+    unsigned throttle;
+    uint64_t expected_downtime_ns;
+};
+
+struct mig_downtime {
+    uint64_t total_ns;           /* source pause -> destination resume */
+    uint64_t pause_ns;           /* stopping the vCPUs */
+    uint64_t final_pages_ns;     /* sync + last dirty pages */
+    uint64_t state_ns;           /* vCPU/device state saved and sent */
+    uint64_t dest_apply_ns;      /* destination: end marker -> vCPUs started */
+    uint64_t final_pages;
+    uint64_t state_bytes;
+};
+
+struct migration {
+    pthread_mutex_t lock;
+    pthread_cond_t done;         /* broadcast when the thread has finished */
+    struct vm *vm;
+    bool source;
+    enum mig_state state;
+    struct mig_params params;
+    pthread_t thread;
+    bool thread_started;
+    bool cancel;
+    int sock;
+    char error[256];
+    /* progress */
+    unsigned round;
+    uint64_t bytes;
+    uint64_t pages_normal;
+    uint64_t pages_zero;
+    uint64_t pages_remaining;
+    uint64_t dirty_rate_pps;
+    uint64_t bandwidth_bps;
+    uint64_t expected_downtime_ns;
+    unsigned throttle;
+    unsigned throttle_max;
+    uint64_t start_ns;
+    uint64_t total_ns;
+    struct mig_downtime downtime;
+    unsigned nrounds;
+    struct mig_round rounds[MIG_MAX_ROUNDS];
+};
+
+void mig_init(struct migration *m);
+
+/* "tcp:HOST:PORT" (HOST may be [v6]); -EINVAL with a message otherwise. */
+int mig_parse_uri(const char *uri, char *host, size_t hlen, char *port, size_t plen,
+                  char *err, size_t errlen);
+
+/* Source side: starts the migration thread. */
+int mig_start(struct migration *m, struct vm *vm, const struct mig_params *p,
+              char *err, size_t errlen);
+/* Blocks until the migration thread has finished. */
+void mig_wait(struct migration *m);
+int mig_cancel(struct migration *m);
+bool mig_active(struct migration *m);
+/* Status / report as JSON (either side). */
+json_t *mig_status_json(struct migration *m);
+const char *mig_state_name(enum mig_state s);
+
+/* Destination side: waits for one migration on host:port into vm (created
+ * here from the source's handshake) and starts it. */
+struct run_args;
+int mig_incoming(struct migration *m, struct vm *vm, struct run_args *a,
+                 const char *host, const char *port);
+
+/* Control records. */
+struct stream_io;
+int mig_send_ctrl(struct stream_io *io, uint32_t type, const void *payload, uint32_t len);
+int mig_send_status(struct stream_io *io, uint32_t type, int32_t status, const char *text);
+
+#endif

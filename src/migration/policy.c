@@ -1,0 +1,66 @@
+#include "migration/policy.h"
+
+#define PAGE_BYTES 4096ULL
+#define NS_PER_S   1000000000ULL
+
+void policy_defaults(struct policy_config *c)
+{
+    *c = (struct policy_config){
+        .downtime_limit_ns = 300ULL * 1000000,
+        .on_timeout = ON_TIMEOUT_FAIL,
+        .throttle_initial = 20,
+        .throttle_step = 10,
+        .throttle_max = 99,
+    };
+}
+
+/* Pages dirtied between the decision and the pause are sent too. */
+uint64_t policy_expected_downtime(const struct policy_input *in)
+{
+    unsigned __int128 pages = in->dirty_pages +
+        (unsigned __int128)in->dirty_rate_pps * in->stop_latency_ns / NS_PER_S;
+    unsigned __int128 transfer;
+
+    if (!in->bandwidth_bps)
+        return UINT64_MAX;
+    transfer = pages * PAGE_BYTES * NS_PER_S / in->bandwidth_bps;
+    if (transfer > UINT64_MAX - in->fixed_cost_ns)
+        return UINT64_MAX;
+    return (uint64_t)transfer + in->fixed_cost_ns;
+}
+
+/* Not converging: this round dirtied at least half of what it sent, so the
+ * next one will not be much smaller. */
+static bool policy_stalled(const struct policy_input *in)
+{
+    return in->round >= 2 && in->dirty_pages * 2 >= in->last_round_sent;
+}
+
+static unsigned policy_next_throttle(const struct policy_config *c, unsigned now)
+{
+    unsigned next = now ? now + c->throttle_step : c->throttle_initial;
+
+    return next > c->throttle_max ? c->throttle_max : next;
+}
+
+struct policy_decision policy_decide(const struct policy_config *c,
+                                     const struct policy_input *in)
+{
+    struct policy_decision d = { POLICY_CONTINUE, in->throttle, policy_expected_downtime(in) };
+
+    if (in->round >= 1 && d.expected_downtime_ns <= c->downtime_limit_ns)
+        d.action = POLICY_SWITCHOVER;
+    else if (c->max_time_ns && in->elapsed_ns >= c->max_time_ns)
+        d.action = c->on_timeout == ON_TIMEOUT_FORCE ? POLICY_FORCE : POLICY_FAIL;
+    else if (c->auto_converge && policy_stalled(in) && in->throttle < c->throttle_max) {
+        d.action = POLICY_THROTTLE;
+        d.throttle = policy_next_throttle(c, in->throttle);
+    }
+    return d;
+}
+
+const char *policy_action_name(enum policy_action a)
+{
+    static const char *const names[] = { "continue", "switchover", "throttle", "force", "fail" };
+    return names[a];
+}

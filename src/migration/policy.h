@@ -1,0 +1,53 @@
+/* Convergence policy: a pure function of measured numbers, so it is unit
+ * tested without KVM. The engine asks it after every dirty-log sync. */
+#ifndef FERRY_MIGRATION_POLICY_H
+#define FERRY_MIGRATION_POLICY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+enum on_timeout { ON_TIMEOUT_FAIL, ON_TIMEOUT_FORCE };
+
+struct policy_config {
+    uint64_t downtime_limit_ns;   /* default 300 ms */
+    uint64_t max_time_ns;         /* 0: no limit */
+    enum on_timeout on_timeout;
+    bool auto_converge;
+    unsigned throttle_initial;    /* percent, as QEMU: 20 */
+    unsigned throttle_step;       /* percent, as QEMU: 10 */
+    unsigned throttle_max;        /* percent: 99 */
+};
+
+struct policy_input {
+    unsigned round;               /* rounds completed (1 after the full copy) */
+    uint64_t elapsed_ns;
+    uint64_t dirty_pages;         /* pages to send if we stopped now */
+    uint64_t bandwidth_bps;       /* measured bytes/s, 0 if unknown */
+    uint64_t dirty_rate_pps;      /* pages/s dirtied during the last round */
+    uint64_t fixed_cost_ns;       /* stop cost beyond pages: state, apply, resume */
+    uint64_t stop_latency_ns;     /* decision to paused vCPUs */
+    uint64_t last_round_sent;     /* pages sent in the last round */
+    unsigned throttle;            /* percent now */
+};
+
+enum policy_action {
+    POLICY_CONTINUE,      /* another round */
+    POLICY_SWITCHOVER,    /* pause and send the rest: fits the limit */
+    POLICY_THROTTLE,      /* another round, with .throttle raised */
+    POLICY_FORCE,         /* max time reached, on_timeout=force: switch over anyway */
+    POLICY_FAIL,          /* max time reached, on_timeout=fail: give up, source runs on */
+};
+
+struct policy_decision {
+    enum policy_action action;
+    unsigned throttle;           /* percent to apply */
+    uint64_t expected_downtime_ns;
+};
+
+void policy_defaults(struct policy_config *c);
+uint64_t policy_expected_downtime(const struct policy_input *in);
+struct policy_decision policy_decide(const struct policy_config *c,
+                                     const struct policy_input *in);
+const char *policy_action_name(enum policy_action a);
+
+#endif

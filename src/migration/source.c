@@ -1,0 +1,466 @@
+/* The source side of a live migration: a thread that copies memory in
+ * rounds while the guest runs, then pauses it, sends what is left and the
+ * device state, and hands the VM over. Until the destination confirms that
+ * the VM runs there, the source owns it and resumes it on any failure. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "migration/channel.h"
+#include "migration/dirty.h"
+#include "migration/migration.h"
+#include "migration/throttle.h"
+#include "state/pages.h"
+#include "util/log.h"
+#include "util/util.h"
+#include "vm/vm.h"
+
+#define SRC_IOBUF          (1u << 20)
+#define SRC_TIMEOUT_S      30
+#define SRC_CONNECT_MS     10000
+#define SRC_FIXED_COST_NS  (5ULL * 1000000)
+#define SRC_STOP_LATENCY   (1ULL * 1000000)
+#define SRC_DEFAULT_BW     (100ULL << 20)
+#define NS_PER_S           1000000000ULL
+
+struct mig_src {
+    struct migration *m;
+    struct vm *vm;
+    int sock;
+    struct stream_io out, in;
+    struct dirty_log dirty;
+    struct page_batch batch;
+    struct page_stats ps;       /* whole migration */
+    uint64_t bw_bps;            /* best estimate of the link */
+    bool paused;                /* by this migration */
+    char err[256];
+};
+
+static uint64_t realtime_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * NS_PER_S + (uint64_t)ts.tv_nsec;
+}
+
+static bool src_cancelled(struct mig_src *s)
+{
+    return __atomic_load_n(&s->m->cancel, __ATOMIC_ACQUIRE);
+}
+
+static void src_set_state(struct mig_src *s, enum mig_state st)
+{
+    pthread_mutex_lock(&s->m->lock);
+    s->m->state = st;
+    pthread_mutex_unlock(&s->m->lock);
+}
+
+static int src_fail(struct mig_src *s, int ret, const char *fmt, const char *detail)
+{
+    if (!s->err[0])
+        snprintf(s->err, sizeof(s->err), fmt, detail);
+    return ret < 0 ? ret : -EIO;
+}
+
+/* Keeps the average rate under the cap by sleeping between batches. */
+static void src_rate_limit(struct mig_src *s)
+{
+    uint64_t cap = s->m->params.bandwidth_bps, due, elapsed;
+
+    if (!cap)
+        return;
+    due = (uint64_t)((unsigned __int128)s->out.bytes * NS_PER_S / cap);
+    elapsed = time_now_ns() - s->m->start_ns;
+    if (due > elapsed) {
+        struct timespec ts = { .tv_sec = (time_t)((due - elapsed) / NS_PER_S),
+                               .tv_nsec = (long)((due - elapsed) % NS_PER_S) };
+        nanosleep(&ts, NULL);
+    }
+}
+
+static int src_flush_batch(struct mig_src *s)
+{
+    int ret = page_batch_flush(&s->batch, &s->out, &s->ps);
+
+    __atomic_store_n(&s->m->bytes, s->out.bytes, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->m->pages_normal, s->ps.normal, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->m->pages_zero, s->ps.zero, __ATOMIC_RELAXED);
+    src_rate_limit(s);
+    return ret;
+}
+
+static int src_add_page(struct mig_src *s, uint64_t gpa, const uint8_t *hva, bool zero_marker)
+{
+    int ret = page_batch_add(&s->batch, &s->out, gpa, hva, zero_marker, &s->ps);
+
+    if (ret == 0 && s->batch.count == STREAM_PAGES_PER_REC - 1)
+        ret = src_flush_batch(s);   /* before page_batch_add would flush uncounted */
+    return ret;
+}
+
+static int src_handshake(struct mig_src *s)
+{
+    struct stream_header h;
+    uint8_t buf[MIG_CTRL_MAX];
+    uint32_t len;
+    int32_t status;
+    int khz = ioctl(s->vm->vcpus[0].fd, KVM_GET_TSC_KHZ, 0);
+    int ret;
+
+    stream_header_init(&h, s->vm->mem.size, s->vm->ncpus, vm_cpuid_fingerprint(s->vm),
+                       khz > 0 ? (uint64_t)khz : 0);
+    h.proto_version = MIG_PROTO_VERSION;
+    h.checksum = stream_header_seal(&h);
+    ret = stream_write(&s->out, &h, sizeof(h));
+    if (ret == 0)
+        ret = stream_flush(&s->out);
+    if (ret < 0)
+        return src_fail(s, ret, "sending the handshake: %.200s", strerror(-ret));
+    char why[256];
+
+    ret = chan_read_ctrl(&s->in, REC_ACK, buf, &len, why, sizeof(why));
+    if (ret < 0)
+        return src_fail(s, ret, "handshake: %.200s", why);
+    memcpy(&status, buf, 4);
+    if (status != 0)
+        return src_fail(s, -EPROTO, "the destination refused the migration: %.200s",
+                        (const char *)buf + 4);
+    return 0;
+}
+
+/* Round 1: every page the guest ever touched (holes of the memory file are
+ * zero on both sides and skipped), after write-protecting everything. */
+static int src_round_full(struct mig_src *s)
+{
+    struct guest_mem *mem = &s->vm->mem;
+    int ret = dirty_clear_all(&s->dirty);
+
+    for (unsigned i = 0; i < mem->nregions && ret == 0; i++) {
+        const struct mem_region *r = &mem->regions[i];
+        off_t pos = (off_t)r->offset, end = (off_t)(r->offset + r->size);
+
+        while (pos < end && ret == 0 && !src_cancelled(s)) {
+            off_t data = lseek(mem->fd, pos, SEEK_DATA), hole;
+            if (data < 0 || data >= end)
+                break;
+            hole = lseek(mem->fd, data, SEEK_HOLE);
+            hole = hole < 0 || hole > end ? end : hole;
+            for (off_t off = data & ~(off_t)4095; off < hole && ret == 0; off += 4096)
+                ret = src_add_page(s, r->gpa + (uint64_t)off - r->offset, mem->hva + off, false);
+            pos = hole;
+        }
+    }
+    if (ret == 0)
+        ret = src_flush_batch(s);
+    return ret < 0 ? src_fail(s, ret, "sending memory: %.200s", strerror(-ret)) : 0;
+}
+
+/* Sends the pages of one 64-page word of a slot's dirty bitmap. While the
+ * guest runs, the chunk is re-protected first, so a write that lands while
+ * (or after) we read the page marks it dirty again for the next round. */
+static int src_send_word(struct mig_src *s, unsigned slot, uint64_t w, bool live)
+{
+    struct dirty_slot *sl = &s->dirty.slots[slot];
+    uint64_t bits = sl->bitmap[w];
+    int ret = live ? dirty_clear_chunk(&s->dirty, slot, w * 64) : 0;
+
+    while (bits && ret == 0) {
+        uint64_t gpa = sl->gpa + (w * 64 + (uint64_t)__builtin_ctzll(bits)) * PAGE_SIZE;
+        ret = src_add_page(s, gpa, mem_ptr(&s->vm->mem, gpa, PAGE_SIZE), true);
+        bits &= bits - 1;
+    }
+    return ret;
+}
+
+static int src_send_dirty(struct mig_src *s, bool live)
+{
+    int ret = 0;
+
+    for (unsigned i = 0; i < s->dirty.nslots && ret == 0; i++) {
+        struct dirty_slot *sl = &s->dirty.slots[i];
+        for (uint64_t w = 0; w < bitmap_words(sl->pages) && ret == 0; w++) {
+            if (!sl->bitmap[w])
+                continue;
+            ret = src_send_word(s, i, w, live);
+            if (live && src_cancelled(s))
+                return src_fail(s, -ECANCELED, "%.200s", "cancelled");
+        }
+    }
+    if (ret == 0)
+        ret = src_flush_batch(s);
+    return ret < 0 ? src_fail(s, ret, "sending memory: %.200s", strerror(-ret)) : 0;
+}
+
+static void src_record_round(struct mig_src *s, const struct mig_round *r)
+{
+    struct migration *m = s->m;
+
+    pthread_mutex_lock(&m->lock);
+    if (m->nrounds < MIG_MAX_ROUNDS)
+        m->rounds[m->nrounds++] = *r;
+    m->round = r->round;
+    m->pages_remaining = r->dirty_pages;
+    m->dirty_rate_pps = r->dirty_rate_pps;
+    m->bandwidth_bps = s->bw_bps;
+    m->expected_downtime_ns = r->expected_downtime_ns;
+    pthread_mutex_unlock(&m->lock);
+    log_info("migration round %u: %llu pages (%llu zero) in %llu ms, %llu dirty, "
+             "%llu pages/s, expected downtime %llu ms, throttle %u%%", r->round,
+             (unsigned long long)r->pages, (unsigned long long)r->zero,
+             (unsigned long long)(r->duration_ns / 1000000), (unsigned long long)r->dirty_pages,
+             (unsigned long long)r->dirty_rate_pps,
+             (unsigned long long)(r->expected_downtime_ns / 1000000), r->throttle);
+}
+
+/* The link estimate: the best rate a round of real size achieved, capped. */
+static void src_update_bandwidth(struct mig_src *s, uint64_t bytes, uint64_t ns)
+{
+    uint64_t cap = s->m->params.bandwidth_bps, bw;
+
+    if (bytes >= (4u << 20) && ns) {
+        bw = (uint64_t)((unsigned __int128)bytes * NS_PER_S / ns);
+        s->bw_bps = MAX(s->bw_bps, bw);
+    }
+    if (!s->bw_bps)
+        s->bw_bps = SRC_DEFAULT_BW;
+    if (cap && s->bw_bps > cap)
+        s->bw_bps = cap;
+}
+
+/* One round: copy (round 1: all; later: the dirty set), then sync the log
+ * and ask the policy. Returns the policy's action. */
+static int src_round(struct mig_src *s, unsigned round, struct policy_decision *d)
+{
+    struct page_stats before = s->ps;
+    uint64_t t0 = time_now_ns(), bytes0 = s->out.bytes;
+    struct mig_round r = { .round = round, .throttle = s->m->throttle };
+    struct policy_input in;
+    int64_t dirty;
+    int ret = round == 1 ? src_round_full(s) : src_send_dirty(s, true);
+
+    if (ret == 0)
+        ret = mig_send_ctrl(&s->out, REC_ROUND, &round, sizeof(round));
+    dirty = ret == 0 ? dirty_sync(&s->dirty) : ret;
+    if (dirty < 0)
+        return src_fail(s, (int)dirty, "%.200s", s->err[0] ? s->err : "dirty log sync failed");
+    r.duration_ns = time_now_ns() - t0;
+    r.pages = s->ps.normal - before.normal;
+    r.zero = s->ps.zero - before.zero;
+    r.bytes = s->out.bytes - bytes0;
+    r.dirty_pages = (uint64_t)dirty;
+    r.dirty_rate_pps = r.duration_ns ? (uint64_t)dirty * NS_PER_S / r.duration_ns : 0;
+    src_update_bandwidth(s, r.bytes, r.duration_ns);
+    in = (struct policy_input){
+        .round = round, .elapsed_ns = time_now_ns() - s->m->start_ns,
+        .dirty_pages = r.dirty_pages, .bandwidth_bps = s->bw_bps,
+        .dirty_rate_pps = r.dirty_rate_pps, .fixed_cost_ns = SRC_FIXED_COST_NS,
+        .stop_latency_ns = SRC_STOP_LATENCY, .last_round_sent = r.pages + r.zero,
+        .throttle = s->m->throttle,
+    };
+    *d = policy_decide(&s->m->params.policy, &in);
+    r.expected_downtime_ns = d->expected_downtime_ns;
+    src_record_round(s, &r);
+    return 0;
+}
+
+static int src_precopy(struct mig_src *s, bool *forced)
+{
+    struct policy_decision d;
+
+    for (unsigned round = 1;; round++) {
+        int ret = src_round(s, round, &d);
+        if (ret < 0)
+            return ret;
+        if (src_cancelled(s))
+            return src_fail(s, -ECANCELED, "%.200s", "cancelled");
+        switch (d.action) {
+        case POLICY_SWITCHOVER: return 0;
+        case POLICY_FORCE: *forced = true; return 0;
+        case POLICY_FAIL:
+            return src_fail(s, -ETIMEDOUT, "%.200s", "did not converge within --max-time");
+        case POLICY_THROTTLE:
+            s->m->throttle = d.throttle;
+            s->m->throttle_max = MAX(s->m->throttle_max, d.throttle);
+            throttle_set(s->vm, d.throttle);
+            break;
+        case POLICY_CONTINUE: break;
+        }
+    }
+}
+
+static int src_wait_running(struct mig_src *s, uint64_t *resume_rt, uint64_t *apply_ns)
+{
+    uint8_t buf[MIG_CTRL_MAX];
+    uint32_t len;
+    int32_t status;
+    char why[256];
+    int ret = chan_read_ctrl(&s->in, REC_RUNNING, buf, &len, why, sizeof(why));
+
+    if (ret < 0)
+        return src_fail(s, ret, "waiting for the destination to run the VM: %.200s", why);
+    memcpy(&status, buf, 4);
+    if (status != 0 || len < 4 + 16 + 1)
+        return src_fail(s, -EPROTO, "the destination could not start the VM: %.200s",
+                        (const char *)buf + (len >= 21 ? 20 : 4));
+    memcpy(resume_rt, buf + 4, 8);
+    memcpy(apply_ns, buf + 12, 8);
+    return 0;
+}
+
+/* Stop-and-copy: everything after vm_pause() counts as downtime. */
+static int src_switchover(struct mig_src *s)
+{
+    struct mig_downtime *dt = &s->m->downtime;
+    uint64_t t_pause = time_now_ns(), rt_pause = realtime_ns(), t1, t2, t3, resume_rt = 0;
+    uint64_t normal0, bytes0;
+    char err[256] = "";
+    int ret;
+
+    src_set_state(s, MIG_SWITCHOVER);
+    ret = vm_pause(s->vm);
+    if (ret < 0)
+        return src_fail(s, ret, "pausing the VM: %.200s", strerror(-ret));
+    s->paused = true;
+    throttle_set(s->vm, 0);
+    t1 = time_now_ns();
+    normal0 = s->ps.normal + s->ps.zero;
+    ret = dirty_sync(&s->dirty) < 0 ? -EIO : src_send_dirty(s, false);
+    t2 = time_now_ns();
+    bytes0 = s->out.bytes;
+    if (ret == 0 && (ret = state_save_sections(&s->vm->sections, &s->out, err, sizeof(err))) < 0)
+        src_fail(s, ret, "saving the VM state: %.200s", err);
+    if (ret == 0)
+        ret = stream_put_record(&s->out, REC_END, 0, 0, 1, 0, NULL, 0);
+    if (ret == 0 && (ret = stream_flush(&s->out)) < 0)
+        src_fail(s, ret, "sending the VM state: %.200s", strerror(-ret));
+    t3 = time_now_ns();
+    if (ret == 0)
+        ret = src_wait_running(s, &resume_rt, &dt->dest_apply_ns);
+    dt->pause_ns = t1 - t_pause;
+    dt->final_pages_ns = t2 - t1;
+    dt->state_ns = t3 - t2;
+    dt->final_pages = s->ps.normal + s->ps.zero - normal0;
+    dt->state_bytes = s->out.bytes - bytes0;
+    dt->total_ns = ret == 0 && resume_rt > rt_pause ? resume_rt - rt_pause : 0;
+    return ret;
+}
+
+static int src_connect(struct mig_src *s)
+{
+    struct mig_params *p = &s->m->params;
+
+    s->sock = chan_connect(p->host, p->port, SRC_CONNECT_MS);
+    if (s->sock < 0)
+        return src_fail(s, s->sock, "connecting to the destination: %.200s", strerror(-s->sock));
+    pthread_mutex_lock(&s->m->lock);
+    s->m->sock = s->sock;
+    pthread_mutex_unlock(&s->m->lock);
+    chan_set_timeouts(s->sock, SRC_TIMEOUT_S);
+    if (stream_io_init(&s->out, s->sock, SRC_IOBUF) < 0 || stream_io_init(&s->in, s->sock, 4096) < 0)
+        return src_fail(s, -ENOMEM, "%.200s", "out of memory");
+    return src_handshake(s);
+}
+
+static int src_run(struct mig_src *s)
+{
+    bool forced = false;
+    int ret = src_connect(s);
+
+    if (ret == 0 && (ret = dirty_start(&s->dirty, s->vm->vm_fd, &s->vm->mem)) < 0)
+        src_fail(s, ret, "starting dirty logging: %.200s", strerror(-ret));
+    if (ret == 0) {
+        src_set_state(s, MIG_PRECOPY);
+        ret = src_precopy(s, &forced);
+    }
+    if (ret == 0)
+        ret = src_switchover(s);
+    return ret;
+}
+
+/* On failure before the destination confirmed: the VM stays here. */
+static void src_cleanup(struct mig_src *s, int ret)
+{
+    struct migration *m = s->m;
+
+    throttle_set(s->vm, 0);
+    if (s->dirty.enabled)
+        dirty_stop(&s->dirty);
+    if (ret < 0 && s->sock >= 0 && s->out.err == 0)
+        mig_send_status(&s->out, REC_CANCEL, ret, s->err);
+    if (ret < 0 && s->paused)
+        vm_resume(s->vm);
+    pthread_mutex_lock(&m->lock);
+    m->state = ret == 0 ? MIG_COMPLETED : m->cancel ? MIG_CANCELLED : MIG_FAILED;
+    m->total_ns = time_now_ns() - m->start_ns;
+    snprintf(m->error, sizeof(m->error), "%s", ret == 0 ? "" : s->err);
+    m->sock = -1;
+    pthread_mutex_unlock(&m->lock);
+    if (s->sock >= 0)
+        close(s->sock);
+    stream_io_free(&s->out);
+    stream_io_free(&s->in);
+}
+
+static void *src_thread(void *arg)
+{
+    struct migration *m = arg;
+    struct mig_src *s = calloc(1, sizeof(*s));
+    int ret;
+
+    pthread_setname_np(pthread_self(), "migration");
+    if (!s)
+        return NULL;
+    *s = (struct mig_src){ .m = m, .vm = m->vm, .sock = -1 };
+    ret = src_run(s);
+    src_cleanup(s, ret);
+    if (ret == 0) {
+        log_info("migration completed: downtime %llu ms, %llu rounds, %llu bytes",
+                 (unsigned long long)(m->downtime.total_ns / 1000000), m->nrounds ? 
+                 (unsigned long long)m->nrounds : 0ULL, (unsigned long long)m->bytes);
+        vm_request_stop(m->vm, 0, "migrated: the VM runs on the destination now");
+    } else {
+        log_err("migration failed: %s; the VM keeps running here", s->err);
+    }
+    pthread_mutex_lock(&m->lock);
+    pthread_cond_broadcast(&m->done);
+    pthread_mutex_unlock(&m->lock);
+    free(s);
+    return NULL;
+}
+
+int mig_start(struct migration *m, struct vm *vm, const struct mig_params *p,
+              char *err, size_t errlen)
+{
+    int ret;
+
+    pthread_mutex_lock(&m->lock);
+    if (m->state == MIG_SETUP || m->state == MIG_PRECOPY || m->state == MIG_SWITCHOVER) {
+        pthread_mutex_unlock(&m->lock);
+        snprintf(err, errlen, "a migration is already running");
+        return -EBUSY;
+    }
+    if (m->thread_started)
+        pthread_join(m->thread, NULL);
+    memset((char *)m + offsetof(struct migration, vm), 0,
+           sizeof(*m) - offsetof(struct migration, vm));
+    m->vm = vm;
+    m->source = true;
+    m->params = *p;
+    m->state = MIG_SETUP;
+    m->sock = -1;
+    m->start_ns = time_now_ns();
+    ret = pthread_create(&m->thread, NULL, src_thread, m);
+    m->thread_started = ret == 0;
+    if (ret) {
+        m->state = MIG_FAILED;
+        snprintf(err, errlen, "cannot start the migration thread: %s", strerror(ret));
+    }
+    pthread_mutex_unlock(&m->lock);
+    return -ret;
+}
