@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import time
@@ -261,6 +262,27 @@ def ferry_api(sock, method, path, timeout=10):
     return status, (json.loads(body) if body.strip() else None)
 
 
+def ferry_snapshot_clock_ns(path):
+    """The guest kvmclock (ns) stored in a ferry snapshot: the guest's time when it runs
+    again after a restore. Walks the record headers (docs/STREAM.md) to the "clock"
+    section (id 8), whose payload starts with the u64 kvmclock."""
+    with open(path, "rb") as f:
+        hdr = f.read(112)
+        if hdr[:8] != b"FERRY\0VM":
+            raise ValueError(f"{path}: not a ferry stream")
+        while True:
+            rec = f.read(40)
+            if len(rec) < 40:
+                return None
+            rtype, section = struct.unpack_from("<II", rec, 0)
+            (length,) = struct.unpack_from("<Q", rec, 24)
+            if rtype == 1 and section == 8:
+                return struct.unpack("<Q", f.read(8))[0]
+            if rtype == 3:
+                return None
+            f.seek(length, os.SEEK_CUR)
+
+
 # ---------------------------------------------------------------------------------------
 # Memory of a process
 # ---------------------------------------------------------------------------------------
@@ -402,14 +424,3 @@ def check_tools(need_qemu=True):
 def loadavg():
     with open("/proc/loadavg") as f:
         return float(f.read().split()[0])
-
-
-def wait_quiet(max_load, timeout):
-    """Waits (up to `timeout` s) until the 1-minute load average is below `max_load`;
-    returns the load average seen last. The benchmarks run on shared machines."""
-    deadline = time.monotonic() + timeout
-    while True:
-        la = loadavg()
-        if la < max_load or time.monotonic() >= deadline:
-            return la
-        time.sleep(2)

@@ -4,6 +4,7 @@
  * of AML bytes is a long byte loop that the CPL0 emulator would crawl through.
  */
 #include "kernel.h"
+#include "x86.h"
 
 #define RSDP_SIG 0x2052545020445352ULL   /* "RSD PTR " */
 
@@ -123,6 +124,10 @@ static void acpi_parse_fadt(const struct sdt_hdr *h)
         acpi.pm1a_cnt = (u16)rd32(f + 64);
     if (!acpi.pm1a_cnt && h->length >= 184 && f[172] == 1)     /* X_PM1a_CNT_BLK, I/O space */
         acpi.pm1a_cnt = (u16)rd64(f + 176);
+    if (h->length >= 256 && f[244] <= 1) {                      /* SLEEP_CONTROL_REG */
+        acpi.sleep_ctl_space = f[244];
+        acpi.sleep_ctl = rd64(f + 248);
+    }
     acpi.dsdt = h->length >= 148 && rd64(f + 140) ? rd64(f + 140) : rd32(f + 40);
 }
 
@@ -165,8 +170,6 @@ void acpi_init(void)
     }
     if (!acpi.have_madt)
         kprintf("WARN acpi: no MADT; 1 CPU, no serial input\n");
-    if (!acpi.pm1a_cnt)
-        kprintf("WARN acpi: no FADT PM1a control block; no poweroff\n");
 }
 
 /* First element of the package after "_S5_": BytePrefix n, ZeroOp or OneOp. */
@@ -190,8 +193,8 @@ const char *acpi_power_probe(void)
     const struct sdt_hdr *d = (const struct sdt_hdr *)acpi.dsdt;
     const u8 *p, *end;
 
-    if (!acpi.pm1a_cnt)
-        return "no PM1a control block";
+    if (!acpi.pm1a_cnt && !acpi.sleep_ctl)
+        return "no PM1a control block or sleep control register in the FADT";
     if (!d || !acpi_sig_is(d, "DSDT") || d->length < sizeof(*d))
         return "no DSDT";
     if (!acpi_checksum_ok(d, d->length))
@@ -205,4 +208,20 @@ const char *acpi_power_probe(void)
         }
     }
     return "no _S5_ package in DSDT";
+}
+
+/* S5: SLP_TYP | SLP_EN into PM1a_CNT, or, on hardware-reduced platforms, the sleep
+ * control register's SLP_TYP (bits 2-4) | SLP_EN (bit 5). */
+void acpi_poweroff(void)
+{
+    u8 ctl = (u8)((acpi.s5_slp_typ & 7) << 2 | 1 << 5);
+
+    if (!acpi.have_s5)
+        return;
+    if (acpi.pm1a_cnt)
+        outw(acpi.pm1a_cnt, (u16)((acpi.s5_slp_typ & 7) << 10 | 1 << 13));
+    else if (acpi.sleep_ctl_space == 1)
+        outb((u16)acpi.sleep_ctl, ctl);
+    else
+        *(volatile u8 *)acpi.sleep_ctl = ctl;
 }

@@ -80,7 +80,9 @@ struct acpi_info {
     u32 isa_gsi[16];            /* ISA IRQ -> GSI, after interrupt source overrides */
     u16 isa_flags[16];          /* MPS INTI flags from the override (0 = ISA default) */
     u64 dsdt;
-    u16 pm1a_cnt;               /* 0 = no FADT */
+    u16 pm1a_cnt;               /* 0 = none */
+    u8 sleep_ctl_space;         /* hardware-reduced ACPI (QEMU microvm): 0 = memory, 1 = I/O */
+    u64 sleep_ctl;              /* FADT SLEEP_CONTROL_REG address, 0 = none */
     bool have_madt;
     bool have_s5;               /* set by acpi_power_probe() */
     u8 s5_slp_typ;
@@ -89,6 +91,7 @@ extern struct acpi_info acpi;
 void acpi_init(void);
 /* Scans the DSDT for _S5_ (at CPL3, where the byte loop is native): NULL or what is missing. */
 const char *acpi_power_probe(void);
+void acpi_poweroff(void);       /* CPL3; returns only if the platform ignored it */
 
 /* smp.c */
 void smp_boot_aps(void);

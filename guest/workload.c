@@ -329,10 +329,8 @@ static void c0_poweroff(struct worker *w)
 {
     con_printf("POWEROFF\n");
     con_flush();
-    if (acpi.have_s5) {
-        outw(acpi.pm1a_cnt, (u16)((acpi.s5_slp_typ << 10) | (1 << 13)));   /* SLP_TYP | SLP_EN */
-        sleep_until(w->cpu, worker_now(w) + NS_PER_SEC);
-    }
+    acpi_poweroff();
+    sleep_until(w->cpu, worker_now(w) + NS_PER_SEC);  /* the VMM ends us meanwhile */
     con_printf("ERR poweroff failed\n");
 }
 

@@ -21,6 +21,8 @@ uint64_t policy_expected_downtime(const struct policy_input *in)
         (unsigned __int128)in->dirty_rate_pps * in->stop_latency_ns / NS_PER_S;
     unsigned __int128 transfer;
 
+    if (!pages)
+        return in->fixed_cost_ns;
     if (!in->bandwidth_bps)
         return UINT64_MAX;
     transfer = pages * PAGE_BYTES * NS_PER_S / in->bandwidth_bps;

@@ -92,6 +92,8 @@ static int src_flush_batch(struct mig_src *s)
     __atomic_store_n(&s->m->pages_normal, s->ps.normal, __ATOMIC_RELAXED);
     __atomic_store_n(&s->m->pages_zero, s->ps.zero, __ATOMIC_RELAXED);
     src_rate_limit(s);
+    if (ret == 0 && src_cancelled(s) && !s->paused)
+        ret = src_fail(s, -ECANCELED, "%.200s", "cancelled");
     return ret;
 }
 

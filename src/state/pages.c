@@ -25,16 +25,15 @@ bool page_is_zero(const void *page)
 int page_batch_flush(struct page_batch *b, struct stream_io *io, struct page_stats *st)
 {
     uint32_t hdr[2] = { b->count, 0 };
-    struct iovec iov[2 + STREAM_PAGES_PER_REC];
-    unsigned n = 0;
+    struct iovec iov[3] = {
+        { hdr, sizeof(hdr) },
+        { b->entries, 8ULL * b->count },
+        { b->data, (size_t)b->ndata * STREAM_PAGE_SIZE },
+    };
 
     if (!b->count)
         return 0;
-    iov[n++] = (struct iovec){ hdr, sizeof(hdr) };
-    iov[n++] = (struct iovec){ b->entries, 8ULL * b->count };
-    for (uint32_t i = 0; i < b->ndata; i++)
-        iov[n++] = (struct iovec){ (void *)b->data[i], STREAM_PAGE_SIZE };
-    stream_put_record_iov(io, REC_PAGES, 0, 0, 1, REC_FLAG_MANDATORY, iov, n);
+    stream_put_record_iov(io, REC_PAGES, 0, 0, 1, REC_FLAG_MANDATORY, iov, 3);
     st->bytes += 8 + 8ULL * b->count + (uint64_t)b->ndata * STREAM_PAGE_SIZE;
     b->count = b->ndata = 0;
     return io->err;
@@ -51,7 +50,7 @@ int page_batch_add(struct page_batch *b, struct stream_io *io, uint64_t gpa,
     } else {
         st->normal++;
         b->entries[b->count++] = gpa | PAGE_F_DATA;
-        b->data[b->ndata++] = hva;
+        memcpy(b->data[b->ndata++], hva, STREAM_PAGE_SIZE);
     }
     if (b->count == STREAM_PAGES_PER_REC)
         return page_batch_flush(b, io, st);

@@ -15,12 +15,14 @@ struct page_stats {
     uint64_t bytes;      /* payload bytes of page records */
 };
 
-/* A batch being filled before it becomes one REC_PAGES record. */
+/* A batch being filled before it becomes one REC_PAGES record. Page data is
+ * copied in when added: a running guest may write the page at any moment,
+ * and the record's checksum must cover exactly the bytes that are sent. */
 struct page_batch {
     uint32_t count;
     uint32_t ndata;
     uint64_t entries[STREAM_PAGES_PER_REC];
-    const uint8_t *data[STREAM_PAGES_PER_REC];
+    uint8_t data[STREAM_PAGES_PER_REC][STREAM_PAGE_SIZE] __attribute__((aligned(64)));
 };
 
 bool page_is_zero(const void *page);

@@ -74,7 +74,7 @@ class Console:
 
 class Vm:
     def __init__(self, tmpdir, cmdline="", memory=512, cpus=1, kernel=None, extra=(),
-                 api_socket=True, console=True, restore=None):
+                 api_socket=True, console=True, restore=None, incoming=None):
         self.dir = str(tmpdir)
         self.sock = os.path.join(self.dir, "api.sock") if api_socket else None
         self.console_path = os.path.join(self.dir, "console.log")
@@ -82,10 +82,12 @@ class Vm:
         if restore:
             # restore=(snapshot path, [extra restore options])
             args = [FERRY, "restore", "--snapshot", restore[0], *restore[1]]
+        elif incoming:
+            args = [FERRY, "run", "--incoming", incoming]
         else:
             args = [FERRY, "run", "--kernel", kernel or GUEST, "--memory", str(memory),
                     "--cpus", str(cpus)]
-        if cmdline and not restore:
+        if cmdline and not restore and not incoming:
             args += ["--cmdline", cmdline]
         if self.sock:
             args += ["--api-socket", self.sock]
@@ -228,3 +230,30 @@ def reseal(data, rec):
     length = struct.unpack_from("<Q", data, off + 24)[0]
     digest = xxhash.xxh64(bytes(data[off:off + 32]) + bytes(data[off + 40:off + 40 + length]))
     struct.pack_into("<Q", data, off + 32, digest.intdigest())
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open("/proc/net/tcp") as f:
+            if any(f":{port:04X} " in line and line.split()[3] == "0A" for line in f):
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+def migrate(src, uri, *opts, wait=True, timeout=120):
+    """Runs ferry migrate; returns (returncode, report dict or None, stderr)."""
+    args = ["migrate", "--api-socket", src.sock, uri, *opts] + (["--wait"] if wait else [])
+    r = run_cli(*args, timeout=timeout)
+    try:
+        report = json.loads(r.stdout) if r.stdout.strip() else None
+    except ValueError:
+        report = None
+    return r.returncode, report, r.stderr

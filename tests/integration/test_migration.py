@@ -1,0 +1,269 @@
+"""Live migration between two ferry processes on this host over loopback, on
+real KVM, with the test guest proving that memory and time survive."""
+import os
+import signal
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+from ferrylib import free_port, migrate, run_cli, wait_listening
+
+
+def source(vm_factory, memory=1024, cpus=2, cmdline="dirtier.mib=64"):
+    vm = vm_factory(memory=memory, cpus=cpus, cmdline=cmdline)
+    vm.wait_for(r"^VERIFY ok", timeout=30)
+    vm.wait_api()
+    return vm
+
+
+def destination(vm_factory, *extra):
+    port = free_port()
+    uri = f"tcp:127.0.0.1:{port}"
+    vm = vm_factory(incoming=uri, extra=list(extra))
+    wait_listening(port)
+    return vm, uri
+
+
+def last_seq(vm):
+    return vm.heartbeats()[-1][0]
+
+
+def assert_runs_on(dst, after_seq, verifies=1):
+    """The guest continues on dst: next heartbeat number, memory verifies."""
+    m = dst.wait_for(r"^HB (\d+) ", timeout=15)
+    assert int(m.group(1)) == after_seq + 1, f"heartbeat jumped: {after_seq} -> {m.group(1)}"
+    pos = 0
+    for _ in range(verifies):
+        pos = dst.wait_for(r"^VERIFY ok", timeout=15, start=pos).end()
+    text = dst.console.refresh()
+    assert "VERIFY FAIL" not in text and "TIME BACKWARDS" not in text and "PANIC" not in text
+
+
+def assert_still_running(vm):
+    seq = last_seq(vm)
+    vm.wait_for(rf"^HB {seq + 2} ", timeout=10)
+    assert vm.api("GET", "/v1/vm")[1]["state"] == "running"
+
+
+def test_idle_1g_2vcpu(vm_factory):
+    src = source(vm_factory)
+    dst, uri = destination(vm_factory)
+    rc, rep, err = migrate(src, uri)
+    assert rc == 0, err
+    assert rep["state"] == "completed"
+    assert src.wait_exit(20) == 0
+    seq = last_seq(src)
+    assert_runs_on(dst, seq, verifies=2)
+    assert 0 < rep["downtime"]["total_ms"] <= 300
+    assert rep["rounds"] and rep["bytes"] > 64 << 20
+    # Zero pages are never sent as data: an idle 1 GiB guest moves ~its 64 MiB.
+    assert rep["bytes"] < 200 << 20
+    status, d = dst.api("GET", "/v1/migration")
+    assert d["role"] == "destination" and d["state"] == "running"
+    dst.type("stat\r")
+    assert dst.wait_for(r"^STAT cpus=(\d+)").group(1) == "2"
+
+
+def test_dirtier_20000_converges_within_default_limit(vm_factory):
+    src = source(vm_factory, cmdline="dirtier.mib=128 dirtier.rate=20000")
+    dst, uri = destination(vm_factory)
+    rc, rep, err = migrate(src, uri)
+    assert rc == 0, err
+    assert rep["downtime"]["total_ms"] <= rep["params"]["downtime_limit_ms"]
+    assert all(r["dirty_rate_pps"] > 5000 for r in rep["rounds"][:1]), rep["rounds"]
+    assert src.wait_exit(20) == 0
+    assert_runs_on(dst, last_seq(src))
+
+
+def test_max_rate_converges_with_auto_converge(vm_factory):
+    src = source(vm_factory, cmdline="dirtier.mib=256 dirtier.rate=-1")
+    dst, uri = destination(vm_factory)
+    rc, rep, err = migrate(src, uri, "--auto-converge", "--max-time", "100")
+    assert rc == 0, err
+    assert rep["throttle_max_pct"] > 0, "auto-converge never throttled"
+    assert rep["downtime"]["total_ms"] <= 300
+    assert src.wait_exit(20) == 0
+    assert_runs_on(dst, last_seq(src))
+
+
+def test_max_time_fail_keeps_source_running(vm_factory):
+    src = source(vm_factory, cmdline="dirtier.mib=256 dirtier.rate=-1")
+    dst, uri = destination(vm_factory)
+    rc, rep, err = migrate(src, uri, "--max-time", "3", "--downtime-ms", "1")
+    assert rc != 0
+    assert rep["state"] == "failed" and "max-time" in rep["error"]
+    assert dst.wait_exit(20) != 0
+    assert "source ended the migration" in dst.stderr_text()
+    assert_still_running(src)
+    assert "VERIFY FAIL" not in src.console.refresh()
+
+
+def test_max_time_force_switches_over(vm_factory):
+    src = source(vm_factory, cmdline="dirtier.mib=128 dirtier.rate=-1")
+    dst, uri = destination(vm_factory)
+    rc, rep, err = migrate(src, uri, "--max-time", "2", "--on-timeout", "force",
+                           "--downtime-ms", "1")
+    assert rc == 0, err
+    assert src.wait_exit(20) == 0
+    assert_runs_on(dst, last_seq(src))
+
+
+def test_ten_back_and_forth(vm_factory):
+    vm = source(vm_factory, memory=256, cmdline="dirtier.mib=32 dirtier.rate=5000")
+    for i in range(10):
+        dst, uri = destination(vm_factory)
+        rc, rep, err = migrate(vm, uri)
+        assert rc == 0, f"migration {i}: {err}"
+        assert vm.wait_exit(20) == 0
+        assert_runs_on(dst, last_seq(vm))
+        dst.wait_api()
+        vm.close()
+        vm = dst
+
+
+def slow_migration(vm_factory):
+    """A migration capped at 16 MiB/s of a 128 MiB working set: several seconds."""
+    src = source(vm_factory, memory=512, cmdline="dirtier.mib=128 dirtier.rate=1000")
+    dst, uri = destination(vm_factory)
+    rc, rep, err = migrate(src, uri, "--bandwidth", "16", wait=False)
+    assert rc == 0, err
+    deadline = time.monotonic() + 10
+    while src.api("GET", "/v1/migration")[1]["bytes"] < 4 << 20:
+        assert time.monotonic() < deadline, "migration made no progress"
+        time.sleep(0.1)
+    return src, dst
+
+
+def test_status_while_running(vm_factory):
+    src, dst = slow_migration(vm_factory)
+    r = run_cli("migrate-status", "--api-socket", src.sock)
+    assert r.returncode == 0
+    import json
+    st = json.loads(r.stdout)
+    assert st["state"] == "precopy" and st["role"] == "source" and st["bytes"] > 0
+    for key in ("round", "pages_remaining", "dirty_rate_pps", "bandwidth_mibs",
+                "expected_downtime_ms"):
+        assert key in st
+    d = dst.api("GET", "/v1/migration")[1]
+    assert d["role"] == "destination" and d["state"] == "receiving" and d["bytes"] > 0
+    assert dst.api("GET", "/v1/vm")[1]["state"] == "incoming"
+    assert run_cli("migrate-cancel", "--api-socket", src.sock).returncode == 0
+
+
+def test_cancel_keeps_source_running(vm_factory):
+    src, dst = slow_migration(vm_factory)
+    r = run_cli("migrate-cancel", "--api-socket", src.sock)
+    assert r.returncode == 0, r.stderr
+    st = src.api("GET", "/v1/migration")[1]
+    assert st["state"] == "cancelled"
+    assert dst.wait_exit(20) != 0
+    assert "cancel" in dst.stderr_text()
+    assert_still_running(src)
+    # Nothing to cancel any more: a clear 409, not a crash.
+    assert src.api("PUT", "/v1/migration/cancel")[0] == 409
+
+
+def test_destination_killed(vm_factory):
+    src, dst = slow_migration(vm_factory)
+    dst.proc.kill()
+    dst.wait_exit(10)
+    deadline = time.monotonic() + 40
+    while src.api("GET", "/v1/migration")[1]["state"] not in ("failed",):
+        assert time.monotonic() < deadline, "source did not notice the dead destination"
+        time.sleep(0.2)
+    assert_still_running(src)
+
+
+def test_source_killed(vm_factory):
+    src, dst = slow_migration(vm_factory)
+    src.proc.kill()
+    src.wait_exit(10)
+    assert dst.wait_exit(40) not in (0, None)
+    assert "source closed the connection" in dst.stderr_text()
+    assert not os.path.exists(dst.sock), "destination left its API socket behind"
+
+
+def test_mismatched_memory_size(vm_factory):
+    src = source(vm_factory, memory=512)
+    dst, uri = destination(vm_factory, "--memory", "256")
+    rc, rep, err = migrate(src, uri)
+    assert rc != 0
+    assert "memory size mismatch" in rep["error"]
+    assert dst.wait_exit(20) != 0
+    assert "memory size mismatch" in dst.stderr_text()
+    assert_still_running(src)
+
+
+def test_garbage_on_the_port(vm_factory):
+    dst, uri = destination(vm_factory)
+    port = int(uri.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(os.urandom(4096))
+        time.sleep(0.5)
+    assert dst.wait_exit(20) not in (0, None)
+    assert "bad magic" in dst.stderr_text()
+
+
+def hello(proto_version):
+    import xxhash
+    fields = [b"FERRY\0VM", 1, 112, b"0.1.0".ljust(16, b"\0"), 256 << 20, 1, 0, 0, 0,
+              proto_version, 0, bytes(32)]
+    body = struct.pack("<8sII16sQIIQQII32s", *fields)
+    return body + struct.pack("<Q", xxhash.xxh64(body).intdigest())
+
+
+def test_destination_refuses_other_protocol_version(vm_factory):
+    dst, uri = destination(vm_factory)
+    port = int(uri.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(hello(2))
+        answer = s.recv(4096)
+    assert len(answer) >= 40 and struct.unpack_from("<I", answer)[0] == 16
+    assert b"protocol version 2 is not supported" in answer
+    assert dst.wait_exit(20) != 0
+    assert "protocol version 2 is not supported" in dst.stderr_text()
+
+
+def test_source_sees_peer_refusal(vm_factory):
+    """A destination speaking another protocol version answers the handshake
+    with an error: the source reports it and keeps running."""
+    import xxhash
+    src = source(vm_factory, memory=256)
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+
+    def fake_destination():
+        conn, _ = srv.accept()
+        conn.recv(112)
+        text = b"migration protocol version 1 is not supported (this ferry speaks version 9)\0"
+        payload = struct.pack("<i", -71) + text
+        head = struct.pack("<IIIIIIQ", 16, 0, 0, 9, 0, 0, len(payload))
+        conn.sendall(head + struct.pack("<Q", xxhash.xxh64(head + payload).intdigest()) + payload)
+        time.sleep(0.5)
+        conn.close()
+
+    t = threading.Thread(target=fake_destination)
+    t.start()
+    rc, rep, err = migrate(src, f"tcp:127.0.0.1:{port}")
+    t.join()
+    srv.close()
+    assert rc != 0
+    assert "speaks version 9" in rep["error"]
+    assert_still_running(src)
+
+
+def test_bad_migrate_requests(vm_factory):
+    src = source(vm_factory, memory=256)
+    assert migrate(src, "udp:1.2.3.4:5")[0] != 0
+    r = run_cli("migrate", "--api-socket", src.sock, "tcp:127.0.0.1:1", "--downtime-ms", "x")
+    assert r.returncode == 2
+    status, body = src.api("PUT", "/v1/migration", {"uri": "tcp:127.0.0.1:1", "bogus": 1})
+    assert status == 400
+    rc, rep, err = migrate(src, f"tcp:127.0.0.1:{free_port()}")   # nobody listens
+    assert rc != 0 and "connecting" in rep["error"]
+    assert_still_running(src)

@@ -1,0 +1,132 @@
+/* The convergence policy and the dirty-bitmap helpers: pure logic. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "migration/dirty.h"
+#include "migration/policy.h"
+
+#define MS 1000000ULL
+#define MIB (1ULL << 20)
+
+static struct policy_input input(uint64_t dirty_pages, uint64_t bw)
+{
+    return (struct policy_input){
+        .round = 2, .elapsed_ns = 1000 * MS, .dirty_pages = dirty_pages, .bandwidth_bps = bw,
+        .dirty_rate_pps = 0, .fixed_cost_ns = 5 * MS, .stop_latency_ns = MS,
+        .last_round_sent = 100000,
+    };
+}
+
+static void test_expected_downtime(void **state)
+{
+    struct policy_input in = input(25600, 100 * MIB);   /* 100 MiB at 100 MiB/s */
+
+    (void)state;
+    assert_int_equal(policy_expected_downtime(&in), 1000 * MS + 5 * MS);
+    in.dirty_rate_pps = 256000;                         /* +256 pages in the 1 ms stop */
+    assert_int_equal(policy_expected_downtime(&in), 1010 * MS + 5 * MS);
+    in.bandwidth_bps = 0;                               /* unknown link: never fits */
+    assert_int_equal(policy_expected_downtime(&in), UINT64_MAX);
+}
+
+static void test_switchover_when_it_fits(void **state)
+{
+    struct policy_config c;
+    struct policy_input in = input(2560, 100 * MIB);    /* 10 MiB: 100 ms + 5 ms */
+    struct policy_decision d;
+
+    (void)state;
+    policy_defaults(&c);
+    assert_int_equal(c.downtime_limit_ns, 300 * MS);
+    d = policy_decide(&c, &in);
+    assert_int_equal(d.action, POLICY_SWITCHOVER);
+    assert_int_equal(d.expected_downtime_ns, 105 * MS);
+    c.downtime_limit_ns = 100 * MS;                     /* 105 > 100: one more round */
+    assert_int_equal(policy_decide(&c, &in).action, POLICY_CONTINUE);
+    c.downtime_limit_ns = 105 * MS;                     /* exactly the limit fits */
+    assert_int_equal(policy_decide(&c, &in).action, POLICY_SWITCHOVER);
+    in.round = 0;                                       /* never before the full copy */
+    assert_int_equal(policy_decide(&c, &in).action, POLICY_CONTINUE);
+}
+
+static void test_max_time(void **state)
+{
+    struct policy_config c;
+    struct policy_input in = input(1000000, 100 * MIB);
+
+    (void)state;
+    policy_defaults(&c);
+    c.max_time_ns = 2000 * MS;
+    assert_int_equal(policy_decide(&c, &in).action, POLICY_CONTINUE);
+    in.elapsed_ns = 2000 * MS;
+    assert_int_equal(policy_decide(&c, &in).action, POLICY_FAIL);
+    c.on_timeout = ON_TIMEOUT_FORCE;
+    assert_int_equal(policy_decide(&c, &in).action, POLICY_FORCE);
+    in.dirty_pages = 10;                                /* fits: switchover wins */
+    assert_int_equal(policy_decide(&c, &in).action, POLICY_SWITCHOVER);
+}
+
+static void test_auto_converge_steps(void **state)
+{
+    struct policy_config c;
+    struct policy_input in = input(80000, 100 * MIB);  /* dirtied 80% of what it sent */
+    struct policy_decision d;
+
+    (void)state;
+    policy_defaults(&c);
+    assert_int_equal(policy_decide(&c, &in).action, POLICY_CONTINUE);   /* off */
+    c.auto_converge = true;
+    d = policy_decide(&c, &in);
+    assert_int_equal(d.action, POLICY_THROTTLE);
+    assert_int_equal(d.throttle, 20);
+    in.throttle = 20;
+    assert_int_equal(policy_decide(&c, &in).throttle, 30);
+    in.throttle = 95;
+    assert_int_equal(policy_decide(&c, &in).throttle, 99);
+    in.throttle = 99;                                   /* at the ceiling */
+    assert_int_equal(policy_decide(&c, &in).action, POLICY_CONTINUE);
+    in.throttle = 20;
+    in.dirty_pages = 30000;                             /* converging: no more throttle */
+    assert_int_equal(policy_decide(&c, &in).action, POLICY_CONTINUE);
+}
+
+static void test_bitmap(void **state)
+{
+    uint64_t bm[3] = { 0 };
+
+    (void)state;
+    assert_int_equal(bitmap_count(bm, 150), 0);
+    assert_int_equal(bitmap_next(bm, 150, 0), 150);
+    bm[0] = 1ULL << 5;
+    bm[1] = 1ULL << 63;
+    bm[2] = ~0ULL;                                      /* bits past the end ignored */
+    assert_int_equal(bitmap_count(bm, 150), 2 + 22);
+    assert_int_equal(bitmap_next(bm, 150, 0), 5);
+    assert_int_equal(bitmap_next(bm, 150, 6), 127);
+    assert_int_equal(bitmap_next(bm, 150, 128), 128);
+    assert_int_equal(bitmap_next(bm, 150, 149), 149);
+    assert_int_equal(bitmap_words(150), 3);
+    assert_int_equal(bitmap_words(64), 1);
+    {
+        uint64_t a[2] = { 1, 0 }, b[2] = { 2, 4 };
+        bitmap_or(a, b, 128);
+        assert_int_equal(a[0], 3);
+        assert_int_equal(a[1], 4);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_expected_downtime),
+        cmocka_unit_test(test_switchover_when_it_fits),
+        cmocka_unit_test(test_max_time),
+        cmocka_unit_test(test_auto_converge_steps),
+        cmocka_unit_test(test_bitmap),
+    };
+    return cmocka_run_group_tests_name("policy", tests, NULL, NULL);
+}
