@@ -3,6 +3,7 @@ watching the test guest's serial console, memory accounting, statistics, machine
 and result files. Standard library only (runs with Debian 12's /usr/bin/python3)."""
 import atexit
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -217,14 +218,17 @@ def qemu_cmd(mem, cpus, cmdline, console, qmp_sock, variant="pc", incoming=None)
     """variant "pc": QEMU's default machine and devices, firmware SeaBIOS (the command
     the project compares against). "microvm": -M microvm -nodefaults (qboot firmware,
     no PCI, no default devices), the leanest configuration QEMU offers for this guest.
-    "microvm-memfd": the same with guest RAM in a memfd, as ferry has it (shared memory,
-    which gets no transparent huge pages unless the host's shmem_enabled allows it)."""
+    "pc-memfd", "microvm-memfd": the same with guest RAM in a memfd, as ferry has it
+    (shared memory: no transparent huge pages unless the host's shmem_enabled allows
+    them), to tell the cost of that memory type from the rest of the VMM."""
     cmd = [QEMU]
+    memfd = ["-object", f"memory-backend-memfd,id=ram,size={mem}M"]
     if variant == "microvm":
         cmd += ["-M", "microvm", "-nodefaults"]
     elif variant == "microvm-memfd":
-        cmd += ["-M", "microvm,memory-backend=ram", "-nodefaults",
-                "-object", f"memory-backend-memfd,id=ram,size={mem}M"]
+        cmd += ["-M", "microvm,memory-backend=ram", "-nodefaults"] + memfd
+    elif variant == "pc-memfd":
+        cmd += ["-M", "pc,memory-backend=ram"] + memfd
     elif variant != "pc":
         raise ValueError(variant)
     cmd += ["-enable-kvm", "-cpu", QEMU_CPU, "-m", str(mem), "-smp", str(cpus),
@@ -370,6 +374,13 @@ def _sh(cmd):
         return None
 
 
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read())
+    return h.hexdigest()[:16]
+
+
 def machine_info():
     cpu = None
     with open("/proc/cpuinfo") as f:
@@ -390,8 +401,9 @@ def machine_info():
         "kvm_module": kvm,
         "qemu_version": qemu.splitlines()[0] if qemu else None,
         "ferry_commit": _sh(["git", "rev-parse", "--short", "HEAD"]),
-        "ferry_tree_dirty": bool(dirty),
+        "ferry_uncommitted": dirty.splitlines() if dirty else [],
         "ferry_version": _sh([FERRY, "version"]),
+        "testguest_sha256": _sha256(GUEST),
         "python": platform.python_version(),
         "loadavg_at_start": [float(x) for x in load],
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -23,8 +23,9 @@ HB_RE = re.compile(r"^HB (\d+) (\d+) (\d+)$")
 class Run:
     """One QEMU run: guest lines (after the firmware's noise) with host timestamps."""
 
-    def __init__(self, guest, smp, mem, append, secs, inputs=(), debugcon=None, qemu_args=()):
-        cmd = [QEMU, "-enable-kvm", "-cpu", "host,arch-capabilities=off", "-m", str(mem),
+    def __init__(self, guest, smp, mem, append, secs, inputs=(), debugcon=None, qemu_args=(),
+                 machine=()):
+        cmd = [QEMU, *machine, "-enable-kvm", "-cpu", "host,arch-capabilities=off", "-m", str(mem),
                "-smp", str(smp), "-kernel", guest, "-append", append, "-nographic",
                "-no-reboot", "-serial", "stdio", "-monitor", "none"]
         if debugcon:
@@ -180,6 +181,18 @@ def check_console(guest):
     return errs, {"stat": stats[:1]}
 
 
+def check_microvm(guest):
+    """QEMU microvm: no SeaBIOS, hardware-reduced ACPI (poweroff via the sleep register)."""
+    machine = ["-M", "microvm,memory-backend=ram", "-nodefaults",
+               "-object", "memory-backend-memfd,id=ram,size=1024M"]
+    r = Run(guest, 2, 1024, "dirtier.mib=128 dirtier.rate=20000", 25,
+            inputs=[(8.0, b"poweroff\r")], machine=machine)
+    errs, info = check_common(r, 2, 1024, 128 * 256)
+    if "POWEROFF" not in r.text() or not r.exited or r.exit_code != 0:
+        errs.append(f"poweroff: exited={r.exited} code={r.exit_code}")
+    return errs, info
+
+
 def check_tick(guest, smp, rate):
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "dbg.out")
@@ -251,6 +264,7 @@ CHECKS = {
     "rate-max-4cpu": lambda g: check_rate(g, 4, -1, 500000, 10**9),
     "console": check_console,
     "corrupt": check_corrupt,
+    "microvm": check_microvm,
     "tick-1000us": lambda g: check_tick(g, 2, 20000),
 }
 
