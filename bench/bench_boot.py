@@ -14,6 +14,9 @@ For each system, N times (systems interleaved, one VM at a time):
     RssAnon, backed by transparent huge pages when the host allows it);
   * idle CPU: CPU time of the whole VMM process (vCPU threads included) over those 3 s.
 
+Before every sample the script waits (up to --quiet-wait s) until the host has less
+than one CPU busy, and records how busy it was: the machines are shared.
+
 Guest: build/guest/testguest, 1 GiB, 1 vCPU, `dirtier.mib=64` (64 MiB written once at
 boot, then only read back by the verifier; heartbeat every 100 ms).
 Systems: ferry; QEMU as in the project's reference command (pc machine, SeaBIOS, default
@@ -103,17 +106,22 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--systems", default=",".join(SYSTEMS),
                     help="comma-separated subset of " + ",".join(SYSTEMS))
+    ap.add_argument("--quiet-wait", type=float, default=5.0,
+                    help="max seconds to wait for a quiet host before each sample")
     args = ap.parse_args()
     systems = [s for s in args.systems.split(",") if s]
     B.check_tools(need_qemu=any(s.startswith("qemu") for s in systems))
     out = args.out or B.default_out("boot")
-    info = B.machine_info()
     tmp = tempfile.mkdtemp(prefix="ferry-bench-boot-")
+    B.pin_binaries(tmp)
+    info = B.machine_info()
     samples = {s: [] for s in systems}
     try:
         for r in range(args.repeat):
             for s in systems:
+                busy, waited = B.wait_quiet(1.0, args.quiet_wait)
                 x = one_boot(s, tmp)
+                x.update(host_busy_cpus_before=busy, quiet_wait_s=waited)
                 samples[s].append(x)
                 B.log(f"[{r + 1}/{args.repeat}] {s:18s} boot {x['boot_ms']:7.1f} ms  "
                       f"RSS {x['VmRSS_kib'] / 1024:6.1f} MiB  guest RAM "
@@ -127,12 +135,13 @@ def main():
 
     metrics = ("boot_ms", "first_line_ms", "ready_ms", "VmRSS_kib", "RssAnon_kib",
                "RssFile_kib", "RssShmem_kib", "guest_ram_rss_kib", "vmm_overhead_kib",
-               "idle_cpu_pct", "cpu_s_until_hb")
+               "idle_cpu_pct", "cpu_s_until_hb", "host_busy_cpus_before")
     result = {
         "benchmark": "boot",
         "machine": info,
         "config": {"memory_mib": MEM_MIB, "cpus": CPUS, "cmdline": CMDLINE,
                    "rss_delay_s": RSS_DELAY_S, "repeat": args.repeat, "systems": systems,
+                   "quiet_wait_s": args.quiet_wait,
                    "commands": {s: B.show_cmd(_show_cmd(s)) for s in systems}},
         "summary": {s: {k: B.summary([x.get(k) for x in samples[s]]) for k in metrics}
                     for s in systems},

@@ -2,6 +2,7 @@
 watching the test guest's serial console, memory accounting, statistics, machine info
 and result files. Standard library only (runs with Debian 12's /usr/bin/python3)."""
 import atexit
+import ctypes
 import datetime
 import hashlib
 import json
@@ -43,13 +44,16 @@ _procs = []
 class Proc:
     """A child process in its own process group, with stdout+stderr going to a log file."""
 
-    def __init__(self, cmd, logfile):
+    def __init__(self, cmd, logfile, thp_disable=False):
+        """thp_disable: the process gets no transparent huge pages (prctl
+        PR_SET_THP_DISABLE, set between fork and exec, so it costs no extra exec)."""
         self.cmd = cmd
         self.logfile = logfile
         self._log = open(logfile, "wb")
         self.t_start = time.monotonic()
         self.p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+                                  stderr=subprocess.STDOUT, start_new_session=True,
+                                  preexec_fn=_no_thp if thp_disable else None)
         self.pid = self.p.pid
         _procs.append(self)
 
@@ -87,6 +91,14 @@ class Proc:
     def output(self):
         with open(self.logfile, "rb") as f:
             return f.read().decode(errors="replace")
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def _no_thp():
+    if _LIBC.prctl(41, 1, 0, 0, 0) != 0:          # PR_SET_THP_DISABLE
+        os._exit(127)
 
 
 def kill_all():
@@ -183,6 +195,13 @@ class Console:
                                    f"last lines: {[t for _, t in self.lines[-5:]]}")
             time.sleep(self.interval)
 
+    def follow(self, seconds):
+        """Keeps polling for `seconds` (so that lines get accurate host times)."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.poll()
+            time.sleep(self.interval)
+
     def heartbeats(self, start=0):
         """[(index, host time, seq, guest_ns, pages_written)] from line `start` on."""
         out = []
@@ -240,9 +259,24 @@ def qemu_cmd(mem, cpus, cmdline, console, qmp_sock, variant="pc", incoming=None)
     return cmd
 
 
+_pinned = {}        # private copy -> the path it was copied from
+
+
+def pin_binaries(tmpdir):
+    """Runs the benchmark on private copies of build/ferry and the test guest, so that a
+    rebuild by someone else in the shared tree cannot swap them in the middle of a run."""
+    global FERRY, GUEST
+    for name in ("FERRY", "GUEST"):
+        src = globals()[name]
+        dst = os.path.join(tmpdir, "pinned-" + os.path.basename(src))
+        shutil.copy2(src, dst)
+        _pinned[dst] = src
+        globals()[name] = dst
+
+
 def show_cmd(cmd):
     """A command line for humans: shell-quoted, paths inside the repository relative."""
-    return shlex.join(a.replace(ROOT + "/", "") for a in cmd)
+    return shlex.join(_pinned.get(a, a).replace(ROOT + "/", "") for a in cmd)
 
 
 def ferry_api(sock, method, path, timeout=10):
@@ -403,6 +437,7 @@ def machine_info():
         "ferry_commit": _sh(["git", "rev-parse", "--short", "HEAD"]),
         "ferry_uncommitted": dirty.splitlines() if dirty else [],
         "ferry_version": _sh([FERRY, "version"]),
+        "ferry_sha256": _sha256(FERRY),
         "testguest_sha256": _sha256(GUEST),
         "python": platform.python_version(),
         "loadavg_at_start": [float(x) for x in load],
@@ -431,6 +466,30 @@ def check_tools(need_qemu=True):
         sys.exit(f"{QEMU} not found: run `scripts/deps.sh bench` (installs qemu-system-x86)")
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         sys.exit("/dev/kvm is not usable")
+
+
+def host_busy_cpus(interval=0.5):
+    """How many CPUs' worth of time the whole host was busy over `interval` s."""
+    def snap():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v[:8]), v[3] + v[4]          # total (without guest fields), idle+iowait
+    t0, i0 = snap()
+    time.sleep(interval)
+    t1, i1 = snap()
+    return (os.cpu_count() or 1) * (1 - (i1 - i0) / max(1, t1 - t0))
+
+
+def wait_quiet(max_busy_cpus, timeout):
+    """Waits until the host is less busy than `max_busy_cpus` (measured over 0.5 s) or
+    `timeout` s have passed; returns (busy CPUs seen last, seconds waited). Other
+    people's work on a shared machine otherwise lands in the samples."""
+    t0 = time.monotonic()
+    while True:
+        busy = host_busy_cpus()
+        if busy < max_busy_cpus or time.monotonic() - t0 >= timeout:
+            return busy, time.monotonic() - t0
+        time.sleep(1)
 
 
 def loadavg():

@@ -1,7 +1,7 @@
 /*
  * Console at CPL3. A port access costs ~34 us here, so a line is appended whole to a
  * ring (lines never interleave) and drained a FIFO burst at a time by whichever
- * worker gets the drain lock; CPU 0 can keep its bursts short and its ticks punctual.
+ * worker gets the UART lock; CPU 0 can keep its bursts short and its ticks punctual.
  */
 #include "user.h"
 
@@ -11,32 +11,14 @@
 static char con_buf[CON_RING] __noinit;
 static struct {
     u32 append_lock;
-    u32 drain_lock;
     u64 head;           /* bytes appended; written under append_lock */
-    u64 tail;           /* bytes sent to the UART; written under drain_lock */
+    u64 tail;           /* bytes sent to the UART; written under serial_tx_lock */
 } con;
 
 static u32 rx_tail;     /* CPU 0 only */
 static char rx_line[80];
 static size_t rx_len;
 
-static bool lock_try(u32 *l)
-{
-    return !__atomic_load_n(l, __ATOMIC_RELAXED) && !__atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE);
-}
-
-static void lock_take(u32 *l)
-{
-    while (!lock_try(l))
-        cpu_relax();
-}
-
-/* A locked exchange, not a plain store: it orders the release before the caller's next
- * load of con.head, so a line appended meanwhile is never left without a drainer. */
-static void lock_drop(u32 *l)
-{
-    __atomic_exchange_n(l, 0, __ATOMIC_SEQ_CST);
-}
 
 /*
  * Sends up to `budget` bytes. True if this CPU should come back soon: it drained and
@@ -46,7 +28,7 @@ bool con_pump(size_t budget)
 {
     u64 tail = con.tail;
 
-    if (__atomic_load_n(&con.head, __ATOMIC_ACQUIRE) == tail || !lock_try(&con.drain_lock))
+    if (__atomic_load_n(&con.head, __ATOMIC_ACQUIRE) == tail || !spin_try(&serial_tx_lock))
         return false;
     tail = con.tail;
     while (budget) {
@@ -61,7 +43,9 @@ bool con_pump(size_t budget)
         budget -= done;
     }
     __atomic_store_n(&con.tail, tail, __ATOMIC_RELEASE);
-    lock_drop(&con.drain_lock);
+    /* spin_drop's full barrier: a line appended meanwhile is seen here, or its writer
+     * finds the lock free and drains it itself. */
+    spin_drop(&serial_tx_lock);
     return __atomic_load_n(&con.head, __ATOMIC_ACQUIRE) != tail;
 }
 
@@ -78,7 +62,8 @@ void con_write(const char *s, size_t n)
     u64 head;
     size_t off, first;
 
-    lock_take(&con.append_lock);
+    while (!spin_try(&con.append_lock))
+        cpu_relax();
     head = con.head;
     while (head + n - __atomic_load_n(&con.tail, __ATOMIC_ACQUIRE) > CON_RING)
         if (!con_pump(LINE_MAX))
@@ -88,7 +73,7 @@ void con_write(const char *s, size_t n)
     memcpy(con_buf + off, s, first);
     memcpy(con_buf, s + first, n - first);
     __atomic_store_n(&con.head, head + n, __ATOMIC_RELEASE);
-    lock_drop(&con.append_lock);
+    spin_drop(&con.append_lock);
 }
 
 void con_printf(const char *fmt, ...)

@@ -61,6 +61,19 @@ typedef int64_t s64;
 #define __packed        __attribute__((packed))
 #define __printf(a, b)  __attribute__((format(printf, a, b)))
 
+/* Spinlocks shared by CPL0 and CPL3 code (all memory is mapped to both). A locked
+ * exchange to release, not a plain store: it also orders the release before the
+ * caller's next load (console.c relies on that). */
+static inline bool spin_try(u32 *l)
+{
+    return !__atomic_load_n(l, __ATOMIC_RELAXED) && !__atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE);
+}
+
+static inline void spin_drop(u32 *l)
+{
+    __atomic_exchange_n(l, 0, __ATOMIC_SEQ_CST);
+}
+
 /* lib.c */
 void *memset(void *d, int c, size_t n);
 void *memcpy(void *d, const void *s, size_t n);

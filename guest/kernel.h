@@ -101,10 +101,12 @@ __noreturn void ap_main(u32 cpu);
 #define COM1            0x3f8
 #define RX_RING_SIZE    256
 struct serial_rx {
-    volatile u32 head;          /* bytes received; written only by the IRQ handler */
+    volatile u32 head;          /* bytes received; written only by the IRQ handler.
+                                 * First member: entry.S's sleep path reads it. */
     u8 buf[RX_RING_SIZE];
 };
 extern struct serial_rx serial_rx;
+extern u32 serial_tx_lock;      /* one writer at a time: console drain (CPL3) or kprintf */
 void serial_init(void);
 void serial_rx_enable(void);
 void serial_irq(void);

@@ -15,7 +15,11 @@
 #define LSR_THRE    0x20
 #define UART_FIFO   16
 
+#define KPRINTF_LOCK_TICKS (1ULL << 27)     /* ~50 ms: the holder may be this very CPU */
+
 struct serial_rx serial_rx;
+u32 serial_tx_lock;
+static char serial_last = '\n';             /* last byte sent: are we at a line start? */
 
 void serial_init(void)
 {
@@ -39,6 +43,7 @@ size_t serial_tx_burst(const char *s, size_t n)
     n = MIN(n, UART_FIFO);
     for (size_t i = 0; i < n; i++)
         outb(COM1 + UART_THR, (u8)s[i]);
+    serial_last = s[n - 1];
     return n;
 }
 
@@ -52,18 +57,30 @@ static void serial_write(const char *s, size_t n)
     }
 }
 
-/* Kernel output: boot lines and panics only; the workloads go through console.c. */
+/*
+ * Kernel output: boot lines and panics only; the workloads go through console.c. A
+ * panic can strike while another CPU drains the console a burst at a time, so take
+ * the UART (or give up waiting) and start on a fresh line.
+ */
 void kprintf(const char *fmt, ...)
 {
     char buf[256];
     va_list ap;
+    u64 end = rdtsc() + KPRINTF_LOCK_TICKS;
+    bool locked;
     int n;
 
     va_start(ap, fmt);
     n = fmt_vsn(buf, sizeof(buf), fmt, ap);
     va_end(ap);
+    while (!(locked = spin_try(&serial_tx_lock)) && rdtsc() < end)
+        cpu_relax();
+    if (serial_last != '\n')
+        serial_write("\n", 1);
     if (n > 0)
         serial_write(buf, MIN((size_t)n, sizeof(buf) - 1));
+    if (locked)
+        spin_drop(&serial_tx_lock);
 }
 
 /* IRQ 4 to the BSP through the IOAPIC; the 8259s stay masked for good. */

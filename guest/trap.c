@@ -42,8 +42,7 @@ void trap_handle(struct trap_frame *f)
         serial_irq();
         apic_eoi();
         return;
-    case 6:     /* #UD */
-    case 13:    /* #GP */
+    case 13:    /* #GP (#UD's system calls are taken in entry.S) */
         if (trap_is_int80(f)) {
             f->rip += 2;
             syscall_handle(f);

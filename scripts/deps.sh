@@ -8,7 +8,8 @@ build_pkgs=(gcc make meson ninja-build pkg-config libjansson-dev libmicrohttpd-d
             libcmocka-dev python3)
 test_pkgs=(python3-pytest python3-xxhash clang libclang-rt-14-dev llvm iproute2 procps)
 bench_pkgs=(qemu-system-x86 gnuplot-nox)
-linux_pkgs=(cpio gzip)
+# test and bench overlap; duplicates are harmless to apt but checked once here
+linux_pkgs=(cpio gzip xz-utils)
 
 want=("${build_pkgs[@]}")
 for set in "$@"; do

@@ -65,6 +65,7 @@ need python3 python3
 DEBS="$OUT/debs"
 mkdir -p "$DEBS"
 
+# shellcheck disable=SC2012  # .deb names from apt-get download: no odd characters
 fetch_deb() {  # fetch_deb PACKAGE -> prints path of the cached .deb
     local pkg=$1 deb
     deb=$(ls -t "$DEBS/${pkg}"_*_amd64.deb 2>/dev/null | head -n1 || true)
@@ -117,8 +118,9 @@ payload_offset=$(u32 "$BZ" 0x248)
 payload_length=$(u32 "$BZ" 0x24c)
 bzsize=$(stat -c %s "$BZ")
 start=$(( pm_start + payload_offset ))
-[ "$payload_length" -gt 8 ] && [ $(( start + payload_length )) -le "$bzsize" ] ||
+if [ "$payload_length" -le 8 ] || [ $(( start + payload_length )) -gt "$bzsize" ]; then
     die "$BZ: bad payload (setup_sects=$setup_sects offset=$payload_offset length=$payload_length size=$bzsize)"
+fi
 dd if="$BZ" of="$TMP/payload" bs=1M iflag=skip_bytes,count_bytes \
    skip="$start" count="$payload_length" status=none
 # Every kernel compressor except gzip is followed by a 4-byte little-endian size

@@ -24,6 +24,26 @@ SAN_ENV = {
 SAN_MARKERS = ("AddressSanitizer", "LeakSanitizer", "runtime error:", "UndefinedBehaviorSanitizer")
 
 
+def heartbeats_in(text):
+    return [tuple(int(x) for x in m) for m in
+            re.findall(r"^HB (\d+) (\d+) (\d+)\s*$", text, re.M)]
+
+
+def assert_continues(before, after):
+    """The guest that wrote console text `before` (source / snapshot) goes on
+    writing `after` (destination / restore): a line cut at the pause is
+    finished on the other side, so the two are joined before parsing. The
+    heartbeat numbers run on without a gap and guest time never goes back."""
+    hbs = heartbeats_in(before + after)
+    after_hbs = heartbeats_in(after)
+    assert after_hbs, "no complete heartbeat after the switch"
+    seqs = [h[0] for h in hbs]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"heartbeat gap: {seqs[-20:]}"
+    assert all(b[1] > a[1] for a, b in zip(hbs, hbs[1:])), "guest time went backwards"
+    for text in (before, after):
+        assert "VERIFY FAIL" not in text and "TIME BACKWARDS" not in text and "PANIC" not in text
+
+
 class UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path, timeout=10):
         super().__init__("localhost", timeout=timeout)
@@ -129,9 +149,7 @@ class Vm:
 
     def heartbeats(self, start=0):
         """[(seq, guest_ns, pages)] seen so far after offset start."""
-        text = self.console.refresh()[start:]
-        return [tuple(int(x) for x in m) for m in
-                re.findall(r"^HB (\d+) (\d+) (\d+)\s*$", text, re.M)]
+        return heartbeats_in(self.console.refresh()[start:])
 
     # --- API -----------------------------------------------------------
     def api(self, method, path, body=None):

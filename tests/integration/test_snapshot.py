@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from ferrylib import Vm, parse_stream, reseal, run_cli, sections
+from ferrylib import Vm, assert_continues, parse_stream, reseal, run_cli, sections
 
 
 def take_snapshot(vm, path, *extra):
@@ -35,17 +35,17 @@ def test_snapshot_restore_continues(busy_vm, vm_factory, tmp_path):
     snap = tmp_path / "vm.snap"
     take_snapshot(busy_vm, snap)
     assert busy_vm.api("GET", "/v1/vm")[1]["state"] == "paused"
-    seq, ns, _ = last_hb(busy_vm)
     status, body = busy_vm.api("GET", "/v1/vm")
     assert body["snapshot"]["state"] == "done"
     assert body["snapshot"]["bytes_written"] == os.path.getsize(snap)
     busy_vm.close()
 
     new = restore(vm_factory, snap)
-    m = new.wait_for(r"^HB (\d+) (\d+) ", timeout=10)
-    assert int(m.group(1)) == seq + 1, "heartbeat must continue at the next number"
-    assert int(m.group(2)) > ns, "guest time went backwards across restore"
     new.wait_for(r"^VERIFY ok", timeout=10)
+    new.wait_for(r"^HB \d+ ", timeout=10)
+    # Next heartbeat number, guest time never backwards (lines cut at the
+    # pause are finished by the restored guest).
+    assert_continues(busy_vm.console.refresh(), new.console.refresh())
     new.type("stat\r")
     st = new.wait_for(r"^STAT cpus=(\d+) mem=(\d+)")
     assert st.group(1) == "2" and st.group(2) == "512"
@@ -94,13 +94,13 @@ def test_restore_busy_20_times(vm_factory, tmp_path):
     vm.wait_api()
     snap = tmp_path / "busy.snap"
     take_snapshot(vm, snap)
-    seq = last_hb(vm)[0]
+    before = vm.console.refresh()
     vm.close()
     for i in range(20):
         new = restore(vm_factory, snap)
-        new.wait_for(rf"^HB {seq + 1} ", timeout=10)
         new.wait_for(r"^VERIFY ok", timeout=10)
-        assert "VERIFY FAIL" not in new.console.refresh(), f"restore {i}"
+        new.wait_for(r"^HB \d+ ", timeout=10)
+        assert_continues(before, new.console.refresh())
         new.close()
 
 

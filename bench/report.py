@@ -1,0 +1,476 @@
+#!/usr/bin/python3
+"""Regenerates docs/BENCHMARKS.md from the newest result files in bench/results/.
+
+    python3 bench/report.py [--boot FILE] [--snapshot FILE] [--migration FILE] [--out PATH]
+
+Newest = the last `<kind>-<timestamp>.json` in name order (the timestamp sorts). The
+live-migration section is, in this order of preference: rendered from the newest
+`migration-*.json` (by `bench/report_migration.py: render(result) -> markdown` if that
+module exists, else by the result's own "report_markdown" string, else generically from
+its "summary"); otherwise kept as it is in the current BENCHMARKS.md between the
+`<!-- BEGIN live-migration -->` and `<!-- END live-migration -->` markers; otherwise a
+placeholder.
+"""
+import argparse
+import glob
+import importlib
+import json
+import os
+import sys
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
+RESULTS = os.path.join(BENCH, "results")
+DOC = os.path.join(ROOT, "docs", "BENCHMARKS.md")
+MIG_BEGIN = "<!-- BEGIN live-migration -->"
+MIG_END = "<!-- END live-migration -->"
+
+NAMES = {"ferry": "ferry", "qemu": "QEMU", "qemu-microvm": "QEMU microvm",
+         "qemu-microvm-memfd": "QEMU microvm + memfd RAM", "qemu-4k": "QEMU, 4 KiB pages",
+         "qemu-memfd": "QEMU + memfd RAM"}
+
+
+def newest(kind):
+    files = sorted(glob.glob(os.path.join(RESULTS, f"{kind}-*.json")))
+    return files[-1] if files else None
+
+
+def load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def rel(path):
+    return os.path.relpath(path, ROOT)
+
+
+# -- formatting ------------------------------------------------------------------------------
+def num(v, unit):
+    if v is None:
+        return "–"
+    if unit == "ms":
+        return f"{v:.0f}" if v >= 100 else f"{v:.1f}"
+    if unit == "s":
+        return f"{v / 1e3:.2f}"
+    if unit == "MiB_k":                 # kB in, MiB out
+        return f"{v / 1024:.1f}"
+    if unit == "MiB_b":                 # bytes in, MiB out
+        return f"{v / 2**20:.1f}"
+    if unit == "GiB/s":
+        return f"{v:.2f}"
+    if unit == "%":
+        return f"{v:.1f}"
+    if unit == "cpus":
+        return f"{v:.2f}"
+    return f"{v:g}"
+
+
+def cell(sm, unit):
+    """median (min–max) of a summary."""
+    if not sm or sm.get("median") is None:
+        return "–"
+    med, lo, hi = (num(sm[k], unit) for k in ("median", "min", "max"))
+    return med if sm["n"] == 1 or lo == hi else f"{med} ({lo}–{hi})"
+
+
+def ratio(a, b):
+    if not a or not b or a.get("median") in (None, 0) or b.get("median") in (None, 0):
+        return None
+    return a["median"] / b["median"]
+
+
+def rcell(r):
+    return "–" if r is None else f"{r:.2f}"
+
+
+def med(summary, system, metric):
+    try:
+        return summary[system][metric]["median"]
+    except (KeyError, TypeError):
+        return None
+
+
+def table(summary, systems, rows, base="ferry"):
+    """rows: (label, metric, unit). Columns: each system, then base/other ratios."""
+    others = [s for s in systems if s != base]
+    head = ["", NAMES.get(base, base)] + [NAMES.get(s, s) for s in others] + \
+           [f"ferry / {NAMES.get(s, s)}" for s in others]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, metric, unit, *flags in rows:
+        cells = [label, cell(summary[base].get(metric), unit)]
+        cells += [cell(summary[s].get(metric), unit) for s in others]
+        cells += ["" if "no_ratio" in flags else
+                  rcell(ratio(summary[base].get(metric), summary[s].get(metric)))
+                  for s in others]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def machine_block(results):
+    lines = []
+    for kind, path, res in results:
+        m = res["machine"]
+        dirty = m.get("ferry_uncommitted") or []
+        lines.append(
+            f"- **{kind}** (`{rel(path)}`, {m.get('date')}): ferry `{m.get('ferry_commit')}`"
+            + (f" plus uncommitted changes in {', '.join(sorted({d.split()[-1] for d in dirty}))}"
+               if dirty else "")
+            + f", test guest sha256 `{m.get('testguest_sha256')}`; {m.get('qemu_version')}; "
+            f"Linux {m.get('kernel')}, {m.get('cpu_model')}, {m.get('nproc')} CPUs, "
+            f"{m.get('mem_total_gib')} GiB, KVM module {', '.join(m.get('kvm_module') or [])}; "
+            f"load average at start {m.get('loadavg_at_start', ['?'])[0]}.")
+    return "\n".join(lines)
+
+
+# -- boot ------------------------------------------------------------------------------------
+BOOT_ROWS = [
+    ("boot: process start → first `HB` (ms)", "boot_ms", "ms"),
+    ("process start → first console line (ms)", "first_line_ms", "ms"),
+    ("process start → `READY` (ms)", "ready_ms", "ms"),
+    ("VmRSS, 3 s after first `HB` (MiB)", "VmRSS_kib", "MiB_k"),
+    ("of which guest RAM resident (MiB)", "guest_ram_rss_kib", "MiB_k"),
+    ("VMM overhead = VmRSS − guest RAM (MiB)", "vmm_overhead_kib", "MiB_k"),
+    ("RssAnon (MiB)", "RssAnon_kib", "MiB_k"),
+    ("RssShmem (MiB)", "RssShmem_kib", "MiB_k"),
+    ("RssFile (MiB)", "RssFile_kib", "MiB_k"),
+    ("idle CPU, whole VMM process (%)", "idle_cpu_pct", "%"),
+    ("host busy before the sample (CPUs, others' load)", "host_busy_cpus_before", "cpus",
+     "no_ratio"),
+]
+
+
+def boot_section(path, res):
+    sm, cfg = res["summary"], res["config"]
+    systems = [s for s in cfg["systems"] if s in sm]
+    out = [f"Guest: test guest, {cfg['memory_mib']} MiB, {cfg['cpus']} vCPU, "
+           f"`{cfg['cmdline']}` (64 MiB written once at boot, then only read by the verifier). "
+           f"{cfg['repeat']} runs per system, interleaved; median (min–max). "
+           "Ratios are of medians; below 1 means ferry takes less time or memory.", "",
+           table(sm, systems, BOOT_ROWS), ""]
+    out += ["What is measured:", "",
+            "- **Boot time**: host time from just before the VMM process is spawned until the "
+            "guest's first `HB` line is in the console file (polled every 2 ms).",
+            "- **Memory**: the VMM process's `VmRSS` from `/proc/PID/status`. Guest RAM is "
+            "told apart through `/proc/PID/smaps`: the resident part of the guest-RAM mapping "
+            "(ferry: its memfd `ferry-guest-ram`, counted in RssShmem; QEMU: the anonymous "
+            "`pc.ram` block, in RssAnon). \"VMM overhead\" is everything else resident: heap, "
+            "stacks, binary and libraries, device memory (QEMU's VGA RAM and ROMs). Comparing "
+            "raw RssAnon between the two would be wrong: QEMU's anonymous memory includes the "
+            "guest's RAM, ferry's does not.",
+            "- **Idle CPU**: CPU time of the whole VMM process (vCPU threads included) over the "
+            "3 s, as a percentage of one CPU.", ""]
+    notes = boot_notes(sm, systems)
+    if notes:
+        out += ["Notes:", ""] + notes + [""]
+    out += ["Commands (CONSOLE, sockets: temporary files):", "", "```sh"]
+    for s in systems:
+        out.append(f"# {NAMES.get(s, s)}")
+        out.append(cfg["commands"][s])
+    out += ["```"]
+    return "\n".join(out)
+
+
+def boot_notes(sm, systems):
+    n = []
+    f_boot, q_boot = med(sm, "ferry", "boot_ms"), med(sm, "qemu", "boot_ms")
+    m_boot = med(sm, "qemu-microvm", "boot_ms")
+    if f_boot and q_boot:
+        fl = med(sm, "qemu", "first_line_ms")
+        n.append(f"- Against the reference QEMU command ferry boots {q_boot / f_boot:.0f}× faster, "
+                 f"but that is mostly firmware: QEMU's guest prints its first line only after "
+                 f"{num(fl, 'ms')} ms, nearly all of it SeaBIOS, which this PVM host runs "
+                 "instruction by instruction (guest kernel mode is emulated here). On a VMX/SVM "
+                 "server the firmware runs natively and the gap is far smaller, so do not quote "
+                 "this ratio as ferry's boot advantage.")
+    if f_boot and m_boot:
+        word = "faster" if f_boot < m_boot else "slower"
+        n.append(f"- The fair boot comparison is QEMU's `microvm` machine (qboot firmware, no "
+                 f"default devices): there ferry is **{word}** ({num(f_boot, 'ms')} vs "
+                 f"{num(m_boot, 'ms')} ms, ratio {f_boot / m_boot:.2f}).")
+    f_fl, f_rd = med(sm, "ferry", "first_line_ms"), med(sm, "ferry", "ready_ms")
+    m_fl, m_rd = med(sm, "qemu-microvm", "first_line_ms"), med(sm, "qemu-microvm", "ready_ms")
+    mm_fl, mm_rd = (med(sm, "qemu-microvm-memfd", "first_line_ms"),
+                    med(sm, "qemu-microvm-memfd", "ready_ms"))
+    if None not in (f_fl, f_rd, m_fl, m_rd):
+        s = (f"- ferry reaches the guest's first console line sooner (after {num(f_fl, 'ms')} "
+             f"vs {num(m_fl, 'ms')} ms with microvm), but its guest then needs "
+             f"{num(f_rd - f_fl, 'ms')} ms to `READY` against {num(m_rd - m_fl, 'ms')} ms under "
+             "microvm. That phase is the guest writing its 64 MiB for the first time: every "
+             "first touch of a page is a fault. ferry's guest RAM is a memfd, which this "
+             "host backs with 4 KiB pages (`shmem_enabled` is `never`), so that is 16384 "
+             "faults; QEMU's anonymous RAM gets 2 MiB transparent huge pages, 32 faults.")
+        if mm_fl is not None and mm_rd is not None:
+            s += (f" The control run, microvm with a memfd memory backend, needs "
+                  f"{num(mm_rd - mm_fl, 'ms')} ms for the same phase: the cost is the memory "
+                  "type, not ferry's code. Guests that touch much memory early will boot "
+                  "slower on ferry than on QEMU on hosts like this one; `MADV_HUGEPAGE` on "
+                  "the memfd would help only where `shmem_enabled` is `advise` or `always`.")
+        n.append(s)
+    f_ov, q_ov = med(sm, "ferry", "vmm_overhead_kib"), med(sm, "qemu", "vmm_overhead_kib")
+    m_ov = med(sm, "qemu-microvm", "vmm_overhead_kib")
+    if f_ov and q_ov:
+        s = (f"- Memory: ferry's own overhead is {num(f_ov, 'MiB_k')} MiB against "
+             f"{num(q_ov, 'MiB_k')} MiB for QEMU")
+        if m_ov:
+            s += f" ({num(m_ov, 'MiB_k')} MiB as microvm)"
+        s += (": QEMU maps far more shared libraries (RssFile) and allocates more heap, "
+              "including device memory such as VGA RAM. Guest RAM resident is about the same "
+              "(the guest touched the same 64 MiB); QEMU's is rounded up to 2 MiB huge pages.")
+        n.append(s)
+    return n
+
+
+# -- snapshot --------------------------------------------------------------------------------
+SNAP_ROWS = [
+    ("snapshot time (ms)", "snapshot_ms", "ms"),
+    ("snapshot throughput (GiB of guest RAM / s)", "snapshot_gibps", "GiB/s"),
+    ("snapshot file size (MiB)", "file_bytes", "MiB_b"),
+    ("restore: process start → next `HB` (ms)", "restore_ms", "ms"),
+    ("restore: process start → guest runs (ms)", "restore_run_ms", "ms"),
+    ("restore throughput (GiB of guest RAM / s)", "restore_gibps", "GiB/s"),
+    ("guest clock jump across snapshot+restore (ms)", "guest_time_gap_ms", "ms", "no_ratio"),
+    ("host busy before the sample (CPUs, others' load)", "host_busy_cpus_before", "cpus",
+     "no_ratio"),
+]
+
+
+def snapshot_section(path, res):
+    cfg = res["config"]
+    out = [f"Guest: test guest, {cfg['memory_mib']} MiB, {cfg['cpus']} vCPUs. "
+           f"{cfg['repeat']} runs per system and workload; median (min–max). Snapshot files "
+           f"in `{cfg['snapshot_dir']}` ({cfg.get('snapshot_dir_fs')}). Ratios are of "
+           "medians: for times and sizes below 1 is better for ferry, for throughputs above "
+           "1 is.", ""]
+    for w, cmdline in cfg["workloads"].items():
+        sm = res["summary"][w]
+        systems = [s for s in cfg["systems"] if s in sm]
+        out += [f"### {w}: `{cmdline}`", "", table(sm, systems, SNAP_ROWS), ""]
+    out += ["What is measured:", "",
+            "- **Snapshot**: ferry: wall time of `ferry snapshot` (pause, write, fsync, "
+            "rename). QEMU: QMP `stop` + `migrate` to `exec:cat > FILE` with `max-bandwidth` "
+            "unlimited (QEMU's default cap is 128 MiB/s), polled every 2 ms until `completed`, "
+            "plus waiting for the `cat` helper to exit and an `fsync` of the file (ferry "
+            "fsyncs; on tmpfs an fsync is free). Both write a consistent image of a paused VM. "
+            "Throughput is 1 GiB of guest RAM divided by that time.",
+            "- **Restore → next `HB`**: host time from spawning the new VMM (ferry `restore`; "
+            "QEMU with `-incoming \"exec:cat FILE\"` and a QMP `cont` once loaded) until the "
+            "guest prints a heartbeat with a higher number than its last one before the "
+            "snapshot.",
+            "- **Restore → guest runs**: the same minus the time the guest still waited for "
+            "its next 100 ms heartbeat slot, computed from its own clock (next `HB`'s guest "
+            "time minus the guest time at which it resumed; for ferry that is in the "
+            "snapshot's clock section, for QEMU it is estimated from the last heartbeat and "
+            "the host time of `stop`). Restore throughput uses this time.",
+            "- **Guest clock jump**: guest time between the last heartbeat before the snapshot "
+            "and the first after the restore (about 100 ms if the guest saw no gap).",
+            "- After the restore the guest's next `VERIFY` line must be `ok` (its checker "
+            "re-reads every dirtier page); " + verify_summary(res) + ".", ""]
+    notes = snapshot_notes(res)
+    if notes:
+        out += ["Notes:", ""] + notes + [""]
+    out += ["Commands (WORKLOAD: the guest command line above):", "", "```sh"]
+    for s in cfg["systems"]:
+        out.append(f"# {NAMES.get(s, s)}")
+        out += [c if c.startswith(("build/", "qemu")) else "#   " + c
+                for c in cfg["commands"][s]]
+    out += ["```"]
+    return "\n".join(out)
+
+
+def verify_summary(res):
+    bad = []
+    total = 0
+    for w, per in res["samples"].items():
+        for s, xs in per.items():
+            for x in xs:
+                total += 1
+                if x.get("verify_after_restore") != "ok" or x.get("source_problems") \
+                        or x.get("restore_problems"):
+                    bad.append(f"{s}/{w}: {x.get('verify_after_restore')} "
+                               f"{x.get('source_problems', []) + x.get('restore_problems', [])}")
+    if not bad:
+        return f"it was in all {total} runs"
+    return f"**it was not in {len(bad)} of {total} runs**: " + "; ".join(bad)
+
+
+def snapshot_notes(res):
+    n = []
+    S = res["summary"]
+    idle, busy = S.get("idle", {}), S.get("busy", {})
+
+    def r(sm, metric, other="qemu"):
+        a, b = med(sm, "ferry", metric), med(sm, other, metric)
+        return a / b if a and b else None
+
+    ri, rb = r(idle, "snapshot_ms"), r(busy, "snapshot_ms")
+    if ri is not None and rb is not None:
+        s = f"- **Idle guest**: ferry's snapshot takes {ri:.2f}× QEMU's time"
+        if ri < 0.95:
+            s += (": ferry reads only the allocated extents of its memfd (`SEEK_DATA`/"
+                  "`SEEK_HOLE`), QEMU reads all of guest RAM to find the zero pages")
+        s += (". Both files hold about the same data, since both skip zero pages (QEMU's "
+              "adds a few bytes per zero page and device RAM such as VGA memory).")
+        n.append(s)
+        b4 = r(busy, "snapshot_ms", "qemu-4k")
+        rr = r(busy, "restore_run_ms")
+        rr4 = r(busy, "restore_run_ms", "qemu-4k")
+        worse = [f"its snapshot takes {rb:.2f}×"] if rb > 1.05 else []
+        if rr and rr > 1.05:
+            worse.append(f"its restore {rr:.2f}×")
+        if worse:
+            s = (f"- **Busy guest (512 MiB of data): ferry is slower than QEMU**: "
+                 f"{' and '.join(worse)} QEMU's time.")
+            if b4 and rr4:
+                s += (f" The control run `QEMU, 4 KiB pages` (QEMU with transparent huge pages "
+                      f"disabled, so its guest RAM is in 4 KiB pages like ferry's memfd here) "
+                      f"puts ferry at {b4:.2f}× (snapshot) and {rr4:.2f}× (restore) of that "
+                      "QEMU: ")
+                if max(b4, rr4) <= 1.1:
+                    s += ("most of the gap is the page size of guest RAM on this nested host, "
+                          "where 4 KiB mappings are expensive (more faults, more TLB misses); "
+                          "ferry's memfd cannot get huge pages while the host's "
+                          "`shmem_enabled` is `never`.")
+                else:
+                    s += ("the page size of guest RAM explains only part of the gap; the rest "
+                          "is ferry's own.")
+            s += (" One-off perf profiles of ferry (busy guest, taken while writing these "
+                  "benchmarks, commit f3ec6a8) point the same way: ferry's snapshot spends "
+                  "about two thirds of its time in the kernel copying guest pages into the "
+                  "page cache (`copy_folio_from_iter_atomic`), in a single thread, while QEMU's "
+                  "`exec:cat` splits the work over two processes (QEMU fills a pipe, `cat` "
+                  "copies it to the file), which uses both cores; ferry's restore spends about "
+                  "30% zeroing freshly allocated memfd pages (`clear_page_erms`) and ~10% in "
+                  "page faults, one per 4 KiB page it `memcpy`s into guest RAM. Writing restored "
+                  "pages with `pwrite()` into the memfd (shmem does not zero a page that is "
+                  "overwritten whole, and takes no page faults), or `MADV_POPULATE_WRITE` "
+                  "before the copy, are the obvious things to try. XXH64 checksums cost ~5%.")
+            n.append(s)
+    jump_f = med(busy, "ferry", "guest_time_gap_ms") or med(idle, "ferry", "guest_time_gap_ms")
+    jump_q = med(busy, "qemu", "guest_time_gap_ms") or med(idle, "qemu", "guest_time_gap_ms")
+    snap_f = med(busy, "ferry", "snapshot_ms")
+    if jump_f and jump_q and jump_f > jump_q + 50:
+        n.append(f"- **Guest clock (looks like a ferry bug)**: the busy guest's clock jumps "
+                 f"by {num(jump_f, 'ms')} ms across ferry's snapshot and restore (QEMU: "
+                 f"{num(jump_q, 'ms')} ms, one heartbeat period). ferry takes the kvmclock "
+                 "for the snapshot's clock section after writing guest memory, and pausing "
+                 "does not stop the guest clock, so the restored guest finds that the whole "
+                 f"pause and write ({num(snap_f, 'ms')} ms here) passed, although its memory "
+                 "is from the moment of the pause. QEMU freezes the clock at `stop`. "
+                 "docs/STREAM.md says that after a restore \"the guest's clocks continue from "
+                 "where they stopped\".")
+        n.append("- Because of that jump, ferry's restored guest is already past its next "
+                 "heartbeat slot and prints at once, while QEMU's waits up to 100 ms: compare "
+                 "\"restore → guest runs\", not \"restore → next `HB`\".")
+    if res["config"].get("snapshot_dir_fs") == "tmpfs":
+        n.append("- Files are written to tmpfs, so this compares the VMMs, not the disk. With "
+                 "a disk (`--dir /var/tmp`) ferry's fsync is part of its time and the QEMU "
+                 "figures get the explicit fsync the script adds.")
+    return n
+
+
+# -- live migration --------------------------------------------------------------------------
+def migration_section(path, res):
+    try:
+        sys.path.insert(0, BENCH)
+        mod = importlib.import_module("report_migration")
+        return mod.render(res)
+    except ModuleNotFoundError:
+        pass
+    if res.get("report_markdown"):
+        return res["report_markdown"]
+    # Generic: "summary" is {system: {metric: summary}} or {group: {system: {metric: ...}}}.
+    out = [f"From `{rel(path)}`.", ""]
+    sm = res.get("summary", {})
+    groups = [("", sm)] if "ferry" in sm else list(sm.items())
+    for name, per in groups:
+        if not isinstance(per, dict):
+            continue
+        systems = [s for s in per if isinstance(per[s], dict)]
+        if "ferry" not in systems:
+            continue
+        metrics = [k for k, v in per["ferry"].items() if isinstance(v, dict) and "median" in v]
+        if name:
+            out += [f"### {name}", ""]
+        out += [table(per, ["ferry"] + [s for s in systems if s != "ferry"],
+                      [(k, k, "") for k in metrics]), ""]
+    return "\n".join(out)
+
+
+def existing_migration_text():
+    try:
+        with open(DOC) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    if MIG_BEGIN in text and MIG_END in text:
+        return text.split(MIG_BEGIN, 1)[1].split(MIG_END, 1)[0].strip("\n")
+    return None
+
+
+MIG_PLACEHOLDER = """*Not measured yet.* This section is reserved for the live-migration benchmarks
+(ferry vs QEMU pre-copy/post-copy: total time, downtime, data sent, guest-visible pause,
+for the same idle and busy guests). `bench/report.py` fills it in from the newest
+`bench/results/migration-*.json` (via `bench/report_migration.py: render(result)` if
+present); until then it keeps whatever is written between the markers."""
+
+
+# -- document ----------------------------------------------------------------------------------
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--boot")
+    ap.add_argument("--snapshot")
+    ap.add_argument("--migration")
+    ap.add_argument("--out", default=DOC)
+    args = ap.parse_args()
+    boot = args.boot or newest("boot")
+    snap = args.snapshot or newest("snapshot")
+    mig = args.migration or newest("migration")
+    used = [(k, p, load(p)) for k, p in (("boot", boot), ("snapshot", snap),
+                                           ("migration", mig)) if p]
+
+    doc = ["# ferry benchmarks", "",
+           "<!-- Generated by bench/report.py from bench/results/*.json; edit the script, "
+           "not this file (except between the live-migration markers). -->", "",
+           "ferry against QEMU on the same `/dev/kvm`, the same test guest "
+           "(`build/guest/testguest`) and the same workloads. Read the notes under each "
+           "table: they say where ferry is worse and why, and where a ratio flatters it.",
+           "",
+           "## Caveats", "",
+           "- `/dev/kvm` here is **PVM** (no VMX/SVM; see `../shared/PLATFORM.md`): guest "
+           "user mode runs natively, guest kernel mode and firmware are emulated, VM exits "
+           "are expensive. Anything that runs guest kernel code or firmware is far slower "
+           "than on a real server, for both VMMs alike.",
+           "- The machine has 2 CPUs and is shared with other people's builds and tests. "
+           "The scripts run one VM at a time, wait (briefly) for a quiet host before each "
+           "sample and record how busy it was; the min–max ranges show the noise that is "
+           "left. Few runs per point: treat differences under ~20% as noise.",
+           "- QEMU is Debian's 7.2 with its defaults except where stated; its reference "
+           "command line is the one the project uses (`-cpu host,arch-capabilities=off`, "
+           "pc machine).",
+           "", "Runs used:", "", machine_block(used), "",
+           "## Reproduce", "",
+           "```sh",
+           "make ferry guest                      # build/ferry, build/guest/testguest",
+           "scripts/deps.sh bench                 # qemu-system-x86 (as root, if missing)",
+           "python3 bench/bench_boot.py           # ~2 min; --repeat N (default 5)",
+           "python3 bench/bench_snapshot.py       # ~3-4 min; --repeat N (default 3), --dir DIR",
+           "python3 bench/report.py               # rewrites docs/BENCHMARKS.md",
+           "```", "",
+           "Each script writes `bench/results/<kind>-<timestamp>.json` (every sample, the "
+           "summaries, the machine, the ferry commit and the exact commands) and prints one "
+           "line per sample on stderr. `bench/qmp.py` is the QMP client they use.", ""]
+    if boot:
+        doc += ["## Boot time and idle memory", "", boot_section(boot, load(boot)), ""]
+    if snap:
+        doc += ["## Snapshot and restore", "", snapshot_section(snap, load(snap)), ""]
+    mig_text = migration_section(mig, load(mig)) if mig else existing_migration_text()
+    doc += ["## Live migration", "", MIG_BEGIN, mig_text or MIG_PLACEHOLDER, MIG_END, ""]
+    text = "\n".join(doc)
+    with open(args.out, "w") as f:
+        f.write(text)
+    print(f"wrote {rel(args.out)} from {', '.join(rel(p) for _, p, _ in used) or 'nothing'}",
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
