@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Boots the test guest under QEMU (PVH entry) and checks what it prints.
 
-Usage: guest/qemu-check.py [--guest build/guest/testguest] [--only NAME...]
+Usage: guest/qemu-check.py [--guest build/guest/testguest] [--only NAME...] [--logs DIR]
 Each check prints PASS/FAIL with the numbers it measured; exit status 1 if any failed.
+With --logs, the guest output of every run is kept in DIR/<check>.log.
 QEMU spends ~3.5 s in its firmware before the guest runs, so each check takes a while.
 """
 import argparse
@@ -17,6 +18,7 @@ import threading
 import time
 
 QEMU = os.environ.get("QEMU", "qemu-system-x86_64")
+RUNS = []           # runs of the current check, for --logs
 HB_RE = re.compile(r"^HB (\d+) (\d+) (\d+)$")
 
 
@@ -55,6 +57,7 @@ class Run:
         proc.wait()
         reader.join(timeout=2)
         self.exit_code = proc.returncode
+        RUNS.append(self)
 
     def _read(self, proc):
         seen = False
@@ -274,10 +277,17 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--guest", default=os.path.join(here, "..", "build", "guest", "testguest"))
     ap.add_argument("--only", nargs="*", choices=sorted(CHECKS), default=None)
+    ap.add_argument("--logs", help="keep each run's guest output in this directory")
     args = ap.parse_args()
     failed = 0
     for name in args.only or CHECKS:
+        RUNS.clear()
         errs, info = CHECKS[name](args.guest)
+        if args.logs:
+            os.makedirs(args.logs, exist_ok=True)
+            with open(os.path.join(args.logs, f"{name}.log"), "w") as f:
+                for r in RUNS:
+                    f.writelines(f"{t - r.lines[0][0]:9.3f} {x}\n" for t, x in r.lines)
         failed += bool(errs)
         print(f"{'FAIL' if errs else 'PASS'} {name} {info}" + "".join(f"\n    {e}" for e in errs),
               flush=True)

@@ -1,6 +1,7 @@
 #include "state/pages.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -115,6 +116,42 @@ static int pages_check(struct guest_mem *mem, const uint8_t *payload, uint64_t l
     return 0;
 }
 
+/* Into the memory file with pwrite(): shmem does not zero a page that a
+ * write fills completely, and there is no page fault per page as with a
+ * memcpy through the mapping. Contiguous pages go in one call. */
+static int pages_write_run(struct guest_mem *mem, uint64_t gpa, const uint8_t *data,
+                           uint64_t len)
+{
+    uint8_t *dst = mem_ptr(mem, gpa, len);
+    off_t off = (off_t)(dst - mem->hva);
+
+    if (mem->fd < 0) {
+        memcpy(dst, data, len);
+        return 0;
+    }
+    while (len) {
+        ssize_t n = pwrite(mem->fd, data, len, off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -errno;
+        data += n;
+        off += n;
+        len -= (uint64_t)n;
+    }
+    return 0;
+}
+
+/* A zero page is a hole: it reads as zero and gives the memory back. */
+static void pages_zero(struct guest_mem *mem, uint64_t gpa)
+{
+    uint8_t *dst = mem_ptr(mem, gpa, STREAM_PAGE_SIZE);
+
+    if (mem->fd < 0 || fallocate(mem->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                                 dst - mem->hva, STREAM_PAGE_SIZE) < 0)
+        memset(dst, 0, STREAM_PAGE_SIZE);
+}
+
 int pages_load(struct guest_mem *mem, const uint8_t *payload, uint64_t len, const char **why)
 {
     const uint8_t *data;
@@ -124,17 +161,28 @@ int pages_load(struct guest_mem *mem, const uint8_t *payload, uint64_t len, cons
     if (ret < 0)
         return ret;
     data = payload + 8 + 8ULL * count;
-    for (uint32_t i = 0; i < count; i++) {
-        uint64_t e;
-        uint8_t *dst;
+    for (uint32_t i = 0; i < count && ret == 0;) {
+        uint64_t e, gpa, run = 1;
         memcpy(&e, payload + 8 + 8ULL * i, 8);
-        dst = mem_ptr(mem, e & ~PAGE_F_MASK, STREAM_PAGE_SIZE);
-        if (e & PAGE_F_DATA) {
-            memcpy(dst, data, STREAM_PAGE_SIZE);
-            data += STREAM_PAGE_SIZE;
-        } else {
-            memset(dst, 0, STREAM_PAGE_SIZE);
+        gpa = e & ~PAGE_F_MASK;
+        if (!(e & PAGE_F_DATA)) {
+            pages_zero(mem, gpa);
+            i++;
+            continue;
         }
+        while (i + run < count) {   /* extend over following pages of the same run */
+            uint64_t next;
+            memcpy(&next, payload + 8 + 8ULL * (i + run), 8);
+            if (next != (gpa + run * STREAM_PAGE_SIZE) + PAGE_F_DATA ||
+                !mem_ptr(mem, gpa, (run + 1) * STREAM_PAGE_SIZE))
+                break;
+            run++;
+        }
+        ret = pages_write_run(mem, gpa, data, run * STREAM_PAGE_SIZE);
+        data += run * STREAM_PAGE_SIZE;
+        i += (uint32_t)run;
     }
-    return 0;
+    if (ret < 0)
+        *why = "writing guest memory failed";
+    return ret;
 }

@@ -246,7 +246,7 @@ def reseal(data, rec):
     import xxhash
     off = rec["offset"]
     length = struct.unpack_from("<Q", data, off + 24)[0]
-    digest = xxhash.xxh64(bytes(data[off:off + 32]) + bytes(data[off + 40:off + 40 + length]))
+    digest = xxhash.xxh3_64(bytes(data[off:off + 32]) + bytes(data[off + 40:off + 40 + length]))
     struct.pack_into("<Q", data, off + 32, digest.intdigest())
 
 

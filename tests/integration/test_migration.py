@@ -209,7 +209,7 @@ def hello(proto_version):
     fields = [b"FERRY\0VM", 1, 112, b"0.1.0".ljust(16, b"\0"), 256 << 20, 1, 0, 0, 0,
               proto_version, 0, bytes(32)]
     body = struct.pack("<8sII16sQIIQQII32s", *fields)
-    return body + struct.pack("<Q", xxhash.xxh64(body).intdigest())
+    return body + struct.pack("<Q", xxhash.xxh3_64(body).intdigest())
 
 
 def test_destination_refuses_other_protocol_version(vm_factory):
@@ -240,7 +240,7 @@ def test_source_sees_peer_refusal(vm_factory):
         text = b"migration protocol version 1 is not supported (this ferry speaks version 9)\0"
         payload = struct.pack("<i", -71) + text
         head = struct.pack("<IIIIIIQ", 16, 0, 0, 9, 0, 0, len(payload))
-        conn.sendall(head + struct.pack("<Q", xxhash.xxh64(head + payload).intdigest()) + payload)
+        conn.sendall(head + struct.pack("<Q", xxhash.xxh3_64(head + payload).intdigest()) + payload)
         time.sleep(0.5)
         conn.close()
 
