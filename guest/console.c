@@ -19,7 +19,6 @@ static u32 rx_tail;     /* CPU 0 only */
 static char rx_line[80];
 static size_t rx_len;
 
-
 /*
  * Sends up to `budget` bytes. True if this CPU should come back soon: it drained and
  * output remains. False if the ring is empty or another CPU is draining it.

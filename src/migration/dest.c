@@ -26,6 +26,7 @@ struct mig_dst {
     struct run_args *a;
     int sock;
     struct stream_io in, out;
+    bool start_paused;
     char err[256];
 };
 
@@ -138,6 +139,8 @@ static int dst_receive(struct mig_dst *d)
                      "the source closed the connection before the migration finished" : why);
             return ret;
         }
+        if (r.type == REC_END)
+            d->start_paused = r.flags & REC_END_PAUSED;
         if (r.type == REC_END || r.type == REC_CANCEL) {
             if (r.type == REC_CANCEL)
                 snprintf(d->err, sizeof(d->err), "the source ended the migration: %s",
@@ -163,7 +166,7 @@ static int dst_start_vm(struct mig_dst *d)
         mig_send_status(&d->out, REC_RUNNING, ret, d->err);
         return ret;
     }
-    ret = vm_start(d->vm, false);
+    ret = vm_start(d->vm, d->start_paused);
     rt = realtime_ns();
     apply = time_now_ns() - t0;
     memcpy(buf + 4, &rt, 8);

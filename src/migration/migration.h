@@ -23,6 +23,9 @@ enum mig_rec_type {
     REC_CANCEL = 19,    /* src -> dst: migration cancelled {text} */
 };
 
+/* Flag of the REC_END record: the VM was paused on the source. */
+#define REC_END_PAUSED 2u
+
 enum mig_state {
     MIG_NONE, MIG_SETUP, MIG_PRECOPY, MIG_SWITCHOVER, MIG_COMPLETED, MIG_FAILED,
     MIG_CANCELLED,

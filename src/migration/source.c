@@ -38,6 +38,8 @@ struct mig_src {
     struct page_stats ps;       /* whole migration */
     uint64_t bw_bps;            /* best estimate of the link */
     bool paused;                /* by this migration */
+    bool was_paused;            /* by the user, before the switchover */
+    bool op_locked;
     char err[256];
 };
 
@@ -325,10 +327,14 @@ static int src_switchover(struct mig_src *s)
     int ret;
 
     src_set_state(s, MIG_SWITCHOVER);
-    ret = vm_pause(s->vm);
+    /* Held until the end: no pause, resume or snapshot request interleaves. */
+    pthread_mutex_lock(&s->vm->op_lock);
+    s->op_locked = true;
+    s->was_paused = s->vm->state == VM_PAUSED;
+    ret = s->was_paused ? 0 : vm_pause(s->vm);
     if (ret < 0)
         return src_fail(s, ret, "pausing the VM: %.200s", strerror(-ret));
-    s->paused = true;
+    s->paused = !s->was_paused;
     throttle_set(s->vm, 0);
     t1 = time_now_ns();
     normal0 = s->ps.normal + s->ps.zero;
@@ -337,8 +343,9 @@ static int src_switchover(struct mig_src *s)
     bytes0 = s->out.bytes;
     if (ret == 0 && (ret = state_save_sections(&s->vm->sections, &s->out, err, sizeof(err))) < 0)
         src_fail(s, ret, "saving the VM state: %.200s", err);
-    if (ret == 0)
-        ret = stream_put_record(&s->out, REC_END, 0, 0, 1, 0, NULL, 0);
+    if (ret == 0)   /* a VM the user had paused stays paused on the destination */
+        ret = stream_put_record(&s->out, REC_END, 0, 0, 1, s->was_paused ? REC_END_PAUSED : 0,
+                                NULL, 0);
     if (ret == 0 && (ret = stream_flush(&s->out)) < 0)
         src_fail(s, ret, "sending the VM state: %.200s", strerror(-ret));
     t3 = time_now_ns();
@@ -397,6 +404,8 @@ static void src_cleanup(struct mig_src *s, int ret)
         mig_send_status(&s->out, REC_CANCEL, ret, s->err);
     if (ret < 0 && s->paused)
         vm_resume(s->vm);
+    if (s->op_locked)
+        pthread_mutex_unlock(&s->vm->op_lock);
     pthread_mutex_lock(&m->lock);
     m->state = ret == 0 ? MIG_COMPLETED : m->cancel ? MIG_CANCELLED : MIG_FAILED;
     m->total_ns = time_now_ns() - m->start_ns;

@@ -11,6 +11,7 @@
 #define XXH_STATIC_LINKING_ONLY
 #include <xxhash.h>
 
+#include "migration/migration.h"
 #include "state/pages.h"
 #include "util/log.h"
 #include "util/util.h"
@@ -124,6 +125,10 @@ int vm_snapshot(struct vm *vm, const char *path, bool resume, struct snapshot_re
     int ret = 0;
 
     memset(res, 0, sizeof(*res));
+    if (vm->mig && mig_active(vm->mig)) {
+        snprintf(err, len, "a migration is running");
+        return -EBUSY;
+    }
     pthread_mutex_lock(&vm->op_lock);
     if (vm->state == VM_RUNNING)
         ret = vm_pause(vm);

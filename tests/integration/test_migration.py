@@ -264,3 +264,18 @@ def test_bad_migrate_requests(vm_factory):
     rc, rep, err = migrate(src, f"tcp:127.0.0.1:{free_port()}")   # nobody listens
     assert rc != 0 and "connecting" in rep["error"]
     assert_still_running(src)
+
+
+def test_paused_vm_stays_paused(vm_factory):
+    src = source(vm_factory, memory=256, cmdline="dirtier.mib=32 dirtier.rate=2000")
+    assert run_cli("pause", "--api-socket", src.sock).returncode == 0
+    dst, uri = destination(vm_factory)
+    rc, rep, err = migrate(src, uri)
+    assert rc == 0, err
+    assert src.wait_exit(20) == 0
+    dst.wait_api()
+    assert dst.api("GET", "/v1/vm")[1]["state"] == "paused"
+    time.sleep(0.5)
+    assert "HB" not in dst.console.refresh(), "a paused VM ran on the destination"
+    assert run_cli("resume", "--api-socket", dst.sock).returncode == 0
+    assert_runs_on(src, dst)
