@@ -46,3 +46,24 @@ def test_linux_bzimage_boot_protocol(vm_factory):
                            "--cmdline", "console=ttyS0 earlyprintk=serial,ttyS0,115200 nokaslr"])
     vm.wait_for(r"KASLR disabled: 'nokaslr' on cmdline", timeout=60)
     assert vm.proc.poll() is None
+
+
+def test_linux_snapshot_restore_continues(vm_factory, tmp_path):
+    """A Linux kernel snapshotted early in its boot goes on booting in a new
+    process: it prints the lines that come later (CPUs from our MADT)."""
+    from ferrylib import run_cli
+    cmdline = "console=ttyS0 earlyprintk=serial,ttyS0,115200"
+    vm = vm_factory(kernel=VMLINUX, memory=512, cpus=2,
+                    extra=["--initrd", INITRD, "--cmdline", cmdline])
+    vm.wait_for(r"Hypervisor detected: KVM", timeout=60)
+    vm.wait_api()
+    snap = tmp_path / "linux.snap"
+    r = run_cli("snapshot", "--api-socket", vm.sock, str(snap), timeout=120)
+    assert r.returncode == 0, r.stderr
+    before = vm.console.refresh()
+    assert "smpboot: Allowing 2 CPUs" not in before, "snapshot came too late to prove anything"
+    vm.close()
+    new = vm_factory(restore=(str(snap), []))
+    new.wait_for(r"smpboot: Allowing 2 CPUs", timeout=120)
+    after = new.console.refresh()
+    assert "Linux version" not in after, "the restored kernel started over"
