@@ -44,7 +44,7 @@ shmem_enabled is "never"): a control for the page size. Optional (--systems):
 included, which allocates them: slow, and not what ferry does).
 
 Before every sample the script waits (up to --quiet-wait s) until the host has less
-than one CPU busy, and records how busy it was: the machines are shared.
+than 0.8 CPU busy, and records how busy it was: the machines are shared.
 """
 import argparse
 import json
@@ -254,7 +254,7 @@ def main():
         for r in range(args.repeat):
             for w in workloads:
                 for s in systems:
-                    busy, waited = B.wait_quiet(1.0, args.quiet_wait)
+                    busy, waited = B.wait_quiet(0.8, args.quiet_wait)
                     x = Run(s, w, tmp, snapdir).run()
                     x.update(host_busy_cpus_before=busy, quiet_wait_s=waited)
                     samples[w][s].append(x)
@@ -274,6 +274,7 @@ def main():
         "benchmark": "snapshot",
         "machine": info,
         "config": {
+            "argv": B.show_cmd(["python3"] + sys.argv),
             "memory_mib": MEM_MIB, "cpus": CPUS, "workloads": {w: WORKLOADS[w] for w in workloads},
             "systems": systems, "repeat": args.repeat, "settle_s": SETTLE_S,
             "quiet_wait_s": args.quiet_wait,

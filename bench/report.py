@@ -118,7 +118,8 @@ def machine_block(results):
             + f", test guest sha256 `{m.get('testguest_sha256')}`; {m.get('qemu_version')}; "
             f"Linux {m.get('kernel')}, {m.get('cpu_model')}, {m.get('nproc')} CPUs, "
             f"{m.get('mem_total_gib')} GiB, KVM module {', '.join(m.get('kvm_module') or [])}; "
-            f"load average at start {m.get('loadavg_at_start', ['?'])[0]}.")
+            f"load average at start {m.get('loadavg_at_start', ['?'])[0]}. Command: "
+            f"`{res.get('config', {}).get('argv', '?')}`.")
     return "\n".join(lines)
 
 

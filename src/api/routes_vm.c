@@ -50,8 +50,15 @@ static int route_vm_get(void *ctx, json_t *body, json_t **resp)
     return 200;
 }
 
-static int route_vm_state_change(int ret, const char *want, json_t **resp)
+/* Pause and resume share this: serialised with snapshots and migration. */
+static int route_vm_transition(struct vm *vm, int (*fn)(struct vm *), const char *want,
+                               json_t **resp)
 {
+    int ret;
+
+    pthread_mutex_lock(&vm->op_lock);
+    ret = fn(vm);
+    pthread_mutex_unlock(&vm->op_lock);
     if (ret == 0)
         return 204;
     *resp = api_error("the VM is not %s", want);
@@ -60,26 +67,14 @@ static int route_vm_state_change(int ret, const char *want, json_t **resp)
 
 static int route_vm_pause(void *ctx, json_t *body, json_t **resp)
 {
-    struct vm *vm = ctx;
-    int ret;
-
     (void)body;
-    pthread_mutex_lock(&vm->op_lock);
-    ret = vm_pause(vm);
-    pthread_mutex_unlock(&vm->op_lock);
-    return route_vm_state_change(ret, "running", resp);
+    return route_vm_transition(ctx, vm_pause, "running", resp);
 }
 
 static int route_vm_resume(void *ctx, json_t *body, json_t **resp)
 {
-    struct vm *vm = ctx;
-    int ret;
-
     (void)body;
-    pthread_mutex_lock(&vm->op_lock);
-    ret = vm_resume(vm);
-    pthread_mutex_unlock(&vm->op_lock);
-    return route_vm_state_change(ret, "paused", resp);
+    return route_vm_transition(ctx, vm_resume, "paused", resp);
 }
 
 /* PUT /v1/vm/snapshot {"path": "/abs/file", "resume": false}: answers when
