@@ -84,7 +84,7 @@ static int route_vm_snapshot(void *ctx, json_t *body, json_t **resp)
     struct vm *vm = ctx;
     struct snapshot_result r;
     const char *path = NULL;
-    int resume = 0;
+    int resume = 0, ret;
     char err[256] = "";
     json_error_t jerr;
 
@@ -97,9 +97,11 @@ static int route_vm_snapshot(void *ctx, json_t *body, json_t **resp)
         *resp = api_error("path must be absolute: %s", path);
         return 400;
     }
-    if (vm_snapshot(vm, path, resume, &r, err, sizeof(err)) < 0) {
+    ret = vm_snapshot(vm, path, resume, &r, err, sizeof(err));
+    if (ret < 0) {
         *resp = api_error("snapshot failed: %s", err);
-        return vm->state == VM_PAUSED || vm->state == VM_RUNNING ? 500 : 409;
+        return ret == -EBUSY ? 409 :
+               ret == -ENOENT || ret == -ENOTDIR || ret == -EACCES || ret == -EISDIR ? 400 : 500;
     }
     *resp = json_pack("{s:s, s:I, s:I, s:I, s:I, s:s}", "path", path,
                       "bytes", (json_int_t)r.bytes, "pages", (json_int_t)r.pages,
