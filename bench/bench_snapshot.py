@@ -26,10 +26,11 @@ Restore: host time from spawning the new VMM until the guest prints its next hea
          (polled every 5 ms) `cont` once the incoming state is loaded.
 The guest prints a heartbeat every 100 ms of its own time, so "restore until next HB"
 includes 0-100 ms of the guest waiting for its next heartbeat slot. That wait is
-computed from the guest's clock (`hb_wait_ms`: next HB's guest time minus the guest time
-at which it resumed: for ferry read from the snapshot's clock section, for QEMU
-estimated from the last heartbeat and the host time of `stop`, whose clock QEMU
-freezes) and subtracted in `restore_run_ms`, "until the guest runs again".
+computed from the guest's clock (`hb_wait_ms`: the slot of the next HB, from the last
+one before the snapshot and the fixed 100 ms schedule, minus the guest time at which the
+guest resumed: for ferry read from the snapshot's clock section, for QEMU estimated from
+the last heartbeat and the host time of `stop`, at which QEMU freezes the guest clock)
+and subtracted in `restore_run_ms`, "until the guest runs again".
 After the heartbeat, the guest's next VERIFY line must be `VERIFY ok` (its memory
 checker found every page as expected).
 
@@ -67,6 +68,7 @@ OPTIONAL_SYSTEMS = ("qemu-memfd",)
 QEMU_VARIANT = {"qemu": "pc", "qemu-4k": "pc", "qemu-memfd": "pc-memfd"}
 NO_THP = ("qemu-4k",)
 SETTLE_S = 2.0
+HB_PERIOD_NS = 100_000_000         # the test guest's heartbeat period
 BOOT_TIMEOUT_S = 30
 SNAPSHOT_TIMEOUT_S = 300
 RESTORE_TIMEOUT_S = 120
@@ -195,7 +197,15 @@ class Run:
             i, t_hb, m = con.wait_for(B.HB_RE.pattern, 10, start=i + 1, proc=proc)
         hb_seq, hb_ns = int(m.group(1)), int(m.group(2))
         restore_ms = (t_hb - proc.t_start) * 1e3
-        hb_wait_ms = max(0.0, (hb_ns - self.s["resume_guest_ns"]) / 1e6)
+        # How long the resumed guest waited for this heartbeat's slot, by its own clock.
+        # The guest's heartbeats are on a fixed 100 ms schedule, restarted from "now" only
+        # when it finds itself late (as after a clock jump): the slot is the last one seen
+        # plus 100 ms per heartbeat since, and the wait is from the resume until then (never
+        # longer than until the line was actually printed). Time the guest was runnable
+        # but did not get a CPU is not part of the wait; it stays in restore_run_ms.
+        resume = self.s["resume_guest_ns"]
+        slot = self.s["last_hb_ns"] + (hb_seq - seq) * HB_PERIOD_NS
+        hb_wait_ms = max(0, min(slot - resume, hb_ns - resume)) / 1e6
         self.s.update(restore_ms=restore_ms, hb_wait_ms=hb_wait_ms,
                       restore_run_ms=restore_ms - hb_wait_ms,
                       restore_gibps=(MEM_MIB / 1024) / ((restore_ms - hb_wait_ms) / 1e3),

@@ -427,6 +427,10 @@ def machine_info():
         load = f.read().split()[:3]
     kvm = [m for m in ("kvm_pvm", "kvm_intel", "kvm_amd") if os.path.isdir(f"/sys/module/{m}")]
     dirty = _sh(["git", "status", "--porcelain", "--", "src", "guest", "meson.build"])
+    commit = _sh(["git", "rev-parse", "--short", "HEAD"])
+    if os.environ.get("FERRY_COMMIT"):
+        # FERRY/GUEST built elsewhere from a clean commit (e.g. `git archive HEAD`)
+        commit, dirty = os.environ["FERRY_COMMIT"], ""
     return {
         "kernel": platform.release(),
         "cpu_model": cpu,
@@ -434,7 +438,7 @@ def machine_info():
         "mem_total_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "kvm_module": kvm,
         "qemu_version": qemu.splitlines()[0] if qemu else None,
-        "ferry_commit": _sh(["git", "rev-parse", "--short", "HEAD"]),
+        "ferry_commit": commit,
         "ferry_uncommitted": dirty.splitlines() if dirty else [],
         "ferry_version": _sh([FERRY, "version"]),
         "ferry_sha256": _sha256(FERRY),

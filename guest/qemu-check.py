@@ -98,7 +98,8 @@ def check_common(r, smp, mem, pages):
         got = int(cpus[0].split()[3])
         if got not in (mem - 1, mem):   # SeaBIOS reserves 640K-1M and 128K below the top
             errs.append(f"MEM {got}, expected {mem} (or {mem - 1})")
-    bad = [t for t in text if t.startswith(("PANIC", "ERROR", "VERIFY FAIL", "TIME BACKWARDS"))]
+    bad = [t for t in text
+           if t.startswith(("PANIC", "ERROR", "VERIFY FAIL", "TIME BACKWARDS", "STALL"))]
     if bad:
         errs.append(f"error lines: {bad[:3]}")
     hb = r.hbs()
@@ -106,10 +107,11 @@ def check_common(r, smp, mem, pages):
         errs.append(f"only {len(hb)} heartbeats")
         return errs, {}
     gaps = [(b[1] - a[1]) / 1e6 for a, b in zip(hb, hb[1:])]
-    late = [(h[1] - hb[0][1]) / 1e6 - 100 * (h[0] - hb[0][0]) for h in hb]
     if any(b[0] != a[0] + 1 for a, b in zip(hb, hb[1:])):
         errs.append("heartbeat sequence has holes")
-    if abs(statistics.mean(gaps) - 100) > 1 or max(gaps) > 150:
+    # A hung guest stops for seconds; host preemption on a shared 2-core machine has
+    # delayed single heartbeats by up to ~0.6 s. The mean catches drift.
+    if abs(statistics.mean(gaps) - 100) > 1 or max(gaps) > 1000:
         errs.append(f"heartbeat gaps mean {statistics.mean(gaps):.2f} ms max {max(gaps):.1f} ms")
     secs = (hb[-1][1] - hb[0][1]) / 1e9
     ok = len(r.grep("VERIFY ok"))
@@ -118,7 +120,7 @@ def check_common(r, smp, mem, pages):
     if any(t != f"VERIFY ok {pages}" for t in r.grep("VERIFY ok")):
         errs.append("VERIFY ok with the wrong page count")
     rate = (hb[-1][2] - hb[1][2]) / ((hb[-1][1] - hb[1][1]) / 1e9)
-    return errs, {"hb": len(hb), "hb_late_max_ms": round(max(late), 2), "verify_ok": ok,
+    return errs, {"hb": len(hb), "hb_gap_max_ms": round(max(gaps), 1), "verify_ok": ok,
                   "pages_per_s": round(rate)}
 
 

@@ -16,6 +16,8 @@
 #define PUMP_BYTES          16              /* UART FIFO */
 #define PUMP_BYTES_TICK     4               /* CPU 0 with ticks: ~170 us of port exits */
 #define TICK_CATCHUP_NS     (20 * NS_PER_MS)
+#define TICK_BURST          8
+#define STALL_NS            NS_PER_SEC      /* every worker loops at least every 100 ms */
 
 #define K_PAGE              0x9E3779B97F4A7C15UL
 #define K_GEN               0xC2B2AE3D27D4EB4FUL
@@ -30,7 +32,8 @@ struct worker {
     u64 first, count;           /* the share: pages [first, first + count) */
     u64 rate;                   /* pages/s; 0 = idle; RATE_MAX = flat out */
     u64 slice_ticks;            /* TSC ticks per work slice */
-    u64 last_ns;                /* last guest time read, to catch time going backwards */
+    u64 last_ns;                /* last guest time read: time going backwards, stalls */
+    bool stalled;               /* CPU 0's note: this stall was reported */
     /* dirtier */
     u64 d_t0;                   /* rate accounting: d_done pages written since d_t0 */
     s64 d_done;
@@ -68,6 +71,8 @@ static struct {
 static struct {
     u64 next_hb, hb_seq, hb_last;
     u64 tick_ns, next_tick;
+    u64 prev_ns;                /* CPU 0's previous loop */
+    u64 watch_after;            /* no stall checks before this (after a VM pause) */
 } c0;
 
 /* ---- guest time ---- */
@@ -78,7 +83,7 @@ static u64 worker_now(struct worker *w)
 
     if (now < w->last_ns)
         con_printf("TIME BACKWARDS %lu\n", w->last_ns - now);
-    w->last_ns = now;
+    __atomic_store_n(&w->last_ns, now, __ATOMIC_RELAXED);
     return now;
 }
 
@@ -305,22 +310,22 @@ static void c0_heartbeat(u64 now, u64 *next)
 
 /*
  * Debugcon ticks on a fixed schedule. Up to TICK_CATCHUP_NS late (the host preempting
- * the vCPU: ~13 ms seen with 2 busy vCPUs on 2 cores), the missed bytes are sent at
- * once so the rate holds; later than that (a pause, a migration stop), the schedule
- * restarts from now and the gap stays visible.
+ * the vCPU: ~13 ms seen with 2 busy vCPUs on 2 cores), missed bytes are sent in
+ * bursts of at most TICK_BURST, so the rate holds; later than that (a pause, a
+ * migration stop), the schedule restarts from now and the gap stays visible. Periods
+ * shorter than a port exit (~34 us here) just run late and restart.
  */
 static void c0_tick(u64 now, u64 *next)
 {
+    u32 burst = 0;
+
     if (!c0.tick_ns)
         return;
-    if (now - c0.next_tick < TICK_CATCHUP_NS) {
-        while (now >= c0.next_tick) {
-            outb(DEBUGCON_PORT, '.');
-            c0.next_tick += c0.tick_ns;
-        }
-    } else if (now >= c0.next_tick) {
+    if (now >= c0.next_tick && now - c0.next_tick >= TICK_CATCHUP_NS)
+        c0.next_tick = now;
+    while (now >= c0.next_tick && burst++ < TICK_BURST) {
         outb(DEBUGCON_PORT, '.');
-        c0.next_tick = now + c0.tick_ns;
+        c0.next_tick += c0.tick_ns;
     }
     *next = MIN(*next, c0.next_tick);
 }
@@ -355,6 +360,29 @@ static void c0_command(struct worker *w, char *line)
         con_printf("ERR unknown command %s\n", cmd);
 }
 
+/*
+ * A worker that has not looped for STALL_NS is stuck: typically a timer interrupt that
+ * never came (a VMM losing TSC-deadline or LAPIC state). Say so once per episode.
+ * When CPU 0 itself was away that long, the whole VM was paused: give the others
+ * STALL_NS to run again before judging them.
+ */
+static void c0_watch(u64 now)
+{
+    if (now - c0.prev_ns > STALL_NS / 2)
+        c0.watch_after = now + STALL_NS;
+    c0.prev_ns = now;
+    if (now < c0.watch_after)
+        return;
+    for (u32 i = 1; i < ncpus; i++) {
+        struct worker *o = &workers[i];
+        u64 last = __atomic_load_n(&o->last_ns, __ATOMIC_RELAXED);
+
+        if (now > last + STALL_NS && !o->stalled)
+            con_printf("STALL cpu=%u ms=%lu\n", i, (now - last) / NS_PER_MS);
+        o->stalled = now > last + STALL_NS;
+    }
+}
+
 static void c0_step(struct worker *w, u64 now, u64 *next)
 {
     char line[80];
@@ -363,6 +391,7 @@ static void c0_step(struct worker *w, u64 now, u64 *next)
     while (con_read_line(line, sizeof(line)))
         c0_command(w, line);
     c0_heartbeat(now, next);
+    c0_watch(now);
 }
 
 /* ---- set-up ---- */
@@ -492,7 +521,8 @@ static void workload_start(struct worker *w)
     con_printf("READY pages=%lu\n", wl.npages);
     if (cfg.boot_trace)
         boot_trace_print(w);
-    c0.next_hb = c0.next_tick = worker_now(w);
+    c0.next_hb = c0.next_tick = c0.prev_ns = worker_now(w);
+    c0.watch_after = c0.prev_ns + STALL_NS;     /* the others' last loop predates the fill */
     __atomic_store_n(&wl.ready, 1, __ATOMIC_RELEASE);
 }
 

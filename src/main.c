@@ -184,6 +184,8 @@ static int run_vm(struct vm *vm, struct run_args *a)
         tty_raw();
     if (run_create(vm, a, &api) == 0)
         code = vm_wait(vm);
+    if (a->incoming)
+        mig_incoming_stop(&mig);
     if (mig.thread_started)
         pthread_join(mig.thread, NULL);
     if (api)
@@ -224,6 +226,9 @@ static void usage(void)
         "  snapshot   pause a VM and write its snapshot (--api-socket PATH FILE [--resume])\n"
         "  migrate    live-migrate a VM (ferry migrate --help)\n"
         "  migrate-status, migrate-cancel   a migration's progress and report; cancel it\n"
+        "  migrate-postcopy   switch a running migration to post-copy now\n"
+        "  migrate-recover    reconnect a broken post-copy [tcp:HOST:PORT]\n"
+        "  migrate-abort      give up a post-copy migration (the VM is lost)\n"
         "  status     show a running VM (--api-socket PATH)\n"
         "  pause      pause a VM's vCPUs\n"
         "  resume     resume a paused VM\n"
@@ -250,7 +255,9 @@ int main(int argc, char **argv)
         return verb_snapshot_main(argc - 1, argv + 1);
     if (strcmp(verb, "migrate") == 0)
         return verb_migrate_main(argc - 1, argv + 1);
-    if (strcmp(verb, "migrate-status") == 0 || strcmp(verb, "migrate-cancel") == 0)
+    if (strcmp(verb, "migrate-status") == 0 || strcmp(verb, "migrate-cancel") == 0 ||
+        strcmp(verb, "migrate-postcopy") == 0 || strcmp(verb, "migrate-recover") == 0 ||
+        strcmp(verb, "migrate-abort") == 0)
         return verb_migrate_simple_main(argc - 1, argv + 1);
     if (strcmp(verb, "status") == 0 || strcmp(verb, "pause") == 0 ||
         strcmp(verb, "resume") == 0 || strcmp(verb, "shutdown") == 0)

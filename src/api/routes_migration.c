@@ -12,24 +12,33 @@
 static int mig_params_from_json(json_t *body, struct mig_params *p, int *wait, char *err,
                                 size_t len)
 {
-    const char *uri = NULL, *on_timeout = "fail";
-    json_int_t downtime = 300, bw = 0, max_time = 0;
+    const char *uri = NULL, *on_timeout = "fail", *mode = "precopy";
+    json_int_t downtime = 300, bw = 0, max_time = 0, pc_after = 0;
     int auto_converge = 0;
     json_error_t jerr;
 
-    if (!body || json_unpack_ex(body, &jerr, JSON_STRICT, "{s:s, s?I, s?I, s?I, s?s, s?b, s?b}",
+    if (!body || json_unpack_ex(body, &jerr, JSON_STRICT,
+                                "{s:s, s?I, s?I, s?I, s?s, s?b, s?b, s?s, s?I}",
                                 "uri", &uri, "downtime_ms", &downtime, "bandwidth_mibs", &bw,
                                 "max_time_s", &max_time, "on_timeout", &on_timeout,
-                                "auto_converge", &auto_converge, "wait", wait) < 0) {
+                                "auto_converge", &auto_converge, "wait", wait, "mode", &mode,
+                                "postcopy_after_rounds", &pc_after) < 0) {
         snprintf(err, len, "bad migration request: %s", body ? jerr.text : "no body");
         return -EINVAL;
     }
-    if (downtime < 1 || downtime > 3600000 || bw < 0 || max_time < 0 ||
-        (strcmp(on_timeout, "fail") != 0 && strcmp(on_timeout, "force") != 0)) {
-        snprintf(err, len, "downtime_ms must be 1..3600000, bandwidth_mibs and max_time_s "
-                 "not negative, on_timeout fail or force");
+    if (downtime < 1 || downtime > 3600000 || bw < 0 || max_time < 0 || pc_after < 0 ||
+        pc_after > 100000 ||
+        (strcmp(on_timeout, "fail") != 0 && strcmp(on_timeout, "force") != 0) ||
+        (strcmp(mode, "precopy") != 0 && strcmp(mode, "postcopy") != 0 &&
+         strcmp(mode, "hybrid") != 0)) {
+        snprintf(err, len, "downtime_ms must be 1..3600000, bandwidth_mibs, max_time_s and "
+                 "postcopy_after_rounds not negative, on_timeout fail or force, mode "
+                 "precopy, postcopy or hybrid");
         return -EINVAL;
     }
+    p->mode = mode[0] == 'h' ? MIG_MODE_HYBRID : mode[4] == 'c' ? MIG_MODE_POSTCOPY
+                                                                  : MIG_MODE_PRECOPY;
+    p->postcopy_after_rounds = (unsigned)pc_after;
     policy_defaults(&p->policy);
     p->policy.downtime_limit_ns = (uint64_t)downtime * 1000000;
     p->policy.max_time_ns = (uint64_t)max_time * 1000000000ULL;
@@ -86,14 +95,62 @@ static int route_migration_cancel(void *ctx, json_t *body, json_t **resp)
     if (ret == 0)
         return 204;
     *resp = api_error("%s", ret == -EINPROGRESS ?
-                      "the switchover has started; it can no longer be cancelled" :
+                      "the switchover or post-copy has started; it can no longer be cancelled "
+                      "(in post-copy: migrate-recover, or migrate-abort to give the VM up)" :
                       "no migration is in progress");
     return 409;
+}
+
+static int route_conflict(int ret, const char *what, json_t **resp)
+{
+    if (ret == 0)
+        return 204;
+    *resp = api_error("%s", what);
+    return 409;
+}
+
+static int route_migration_postcopy(void *ctx, json_t *body, json_t **resp)
+{
+    struct vm *vm = ctx;
+
+    (void)body;
+    return route_conflict(mig_postcopy_now(vm->mig), "no pre-copy migration is running", resp);
+}
+
+/* {"uri": "tcp:HOST:PORT"} optional: where the destination listens now. */
+static int route_migration_recover(void *ctx, json_t *body, json_t **resp)
+{
+    struct vm *vm = ctx;
+    const char *uri = NULL;
+    char host[256] = "", port[16] = "", err[256];
+    int ret;
+
+    if (body && (json_unpack(body, "{s?s}", "uri", &uri) < 0 ||
+                 (uri && mig_parse_uri(uri, host, sizeof(host), port, sizeof(port), err,
+                                       sizeof(err)) < 0))) {
+        *resp = api_error("bad recover request: %s", uri ? err : "body must be {\"uri\": ...}");
+        return 400;
+    }
+    ret = mig_recover(vm->mig, uri ? host : NULL, uri ? port : NULL);
+    return route_conflict(ret, ret == -EALREADY ? "post-copy is not broken: nothing to recover"
+                                                : "no post-copy migration is paused", resp);
+}
+
+static int route_migration_abort(void *ctx, json_t *body, json_t **resp)
+{
+    struct vm *vm = ctx;
+
+    (void)body;
+    return route_conflict(mig_abort(vm->mig), "no post-copy migration to abort "
+                          "(before post-copy, use cancel: the VM stays here)", resp);
 }
 
 const struct api_route migration_routes[] = {
     { "PUT", "/v1/migration", route_migration_start },
     { "GET", "/v1/migration", route_migration_get },
     { "PUT", "/v1/migration/cancel", route_migration_cancel },
+    { "PUT", "/v1/migration/postcopy", route_migration_postcopy },
+    { "PUT", "/v1/migration/recover", route_migration_recover },
+    { "PUT", "/v1/migration/abort", route_migration_abort },
 };
 const size_t migration_routes_count = ARRAY_SIZE(migration_routes);

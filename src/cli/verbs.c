@@ -92,14 +92,17 @@ static void migrate_usage(void)
         "  --max-time S           give up after S seconds of pre-copy ...\n"
         "  --on-timeout fail|force  ... or switch over anyway (default fail)\n"
         "  --auto-converge        throttle vCPUs when memory is dirtied too fast\n"
+        "  --mode precopy|postcopy|hybrid   (default precopy)\n"
+        "  --postcopy-after-rounds N        hybrid: switch to post-copy after N rounds\n"
         "  --wait                 show progress and print the final report\n");
 }
 
 struct migrate_opts {
     const char *sock;
     const char *uri;
-    long long downtime_ms, bandwidth, max_time;
+    long long downtime_ms, bandwidth, max_time, pc_after;
     const char *on_timeout;
+    const char *mode;
     bool auto_converge, wait;
 };
 
@@ -126,12 +129,14 @@ static int migrate_parse(int argc, char **argv, struct migrate_opts *o)
         { "on-timeout", required_argument, NULL, 'o' },
         { "auto-converge", no_argument, NULL, 'a' },
         { "wait", no_argument, NULL, 'w' },
+        { "mode", required_argument, NULL, 'm' },
+        { "postcopy-after-rounds", required_argument, NULL, 'p' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     int opt, ret = 0;
 
-    *o = (struct migrate_opts){ .downtime_ms = 300, .on_timeout = "fail" };
+    *o = (struct migrate_opts){ .downtime_ms = 300, .on_timeout = "fail", .mode = "precopy" };
     optind = 0;
     opterr = 0;
     while (ret == 0 && (opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -143,6 +148,8 @@ static int migrate_parse(int argc, char **argv, struct migrate_opts *o)
         case 'o': o->on_timeout = optarg; break;
         case 'a': o->auto_converge = true; break;
         case 'w': o->wait = true; break;
+        case 'm': o->mode = optarg; break;
+        case 'p': ret = migrate_number(optarg, &o->pc_after, "--postcopy-after-rounds"); break;
         case 'h': return 1;
         default: fprintf(stderr, "ferry migrate: unknown option %s\n", argv[optind - 1]); return -EINVAL;
         }
@@ -240,11 +247,12 @@ int verb_migrate_main(int argc, char **argv)
         migrate_usage();
         return ret > 0 ? 0 : CLIENT_EXIT_USAGE;
     }
-    body = json_pack("{s:s, s:I, s:I, s:I, s:s, s:b, s:b}", "uri", o.uri,
+    body = json_pack("{s:s, s:I, s:I, s:I, s:s, s:b, s:b, s:s, s:I}", "uri", o.uri,
                      "downtime_ms", (json_int_t)o.downtime_ms, "bandwidth_mibs",
                      (json_int_t)o.bandwidth, "max_time_s", (json_int_t)o.max_time,
                      "on_timeout", o.on_timeout, "auto_converge", o.auto_converge,
-                     "wait", o.wait);
+                     "wait", o.wait, "mode", o.mode, "postcopy_after_rounds",
+                     (json_int_t)o.pc_after);
     text = json_dumps(body, JSON_COMPACT);
     json_decref(body);
     ret = o.wait ? migrate_wait(o.sock, text)
@@ -253,29 +261,35 @@ int verb_migrate_main(int argc, char **argv)
     return ret;
 }
 
+/* migrate-status (GET), migrate-cancel, migrate-postcopy, migrate-abort, and
+ * migrate-recover [tcp:HOST:PORT] (PUT /v1/migration/<action>). */
 int verb_migrate_simple_main(int argc, char **argv)
 {
     static const struct option opts[] = {
         { "api-socket", required_argument, NULL, 's' },
         { NULL, 0, NULL, 0 },
     };
-    const char *sock = NULL;
-    bool cancel = strcmp(argv[0], "migrate-cancel") == 0;
+    const char *sock = NULL, *action = argv[0] + strlen("migrate-");
+    bool takes_uri = strcmp(action, "recover") == 0;
+    char path[64], body[512];
     int opt;
 
     optind = 0;
     opterr = 0;
     while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        if (opt != 's') {
-            fprintf(stderr, "usage: ferry %s --api-socket PATH\n", argv[0]);
-            return CLIENT_EXIT_USAGE;
-        }
+        if (opt != 's')
+            goto usage;
         sock = optarg;
     }
-    if (!sock || optind != argc) {
-        fprintf(stderr, "usage: ferry %s --api-socket PATH\n", argv[0]);
-        return CLIENT_EXIT_USAGE;
-    }
-    return client_verb_request(argv[0], sock, cancel ? "PUT" : "GET",
-                               cancel ? "/v1/migration/cancel" : "/v1/migration", NULL);
+    if (!sock || argc - optind > (takes_uri ? 1 : 0))
+        goto usage;
+    if (strcmp(action, "status") == 0)
+        return client_verb_request(argv[0], sock, "GET", "/v1/migration", NULL);
+    snprintf(path, sizeof(path), "/v1/migration/%s", action);
+    snprintf(body, sizeof(body), "{\"uri\": \"%.400s\"}", optind < argc ? argv[optind] : "");
+    return client_verb_request(argv[0], sock, "PUT", path, optind < argc ? body : NULL);
+usage:
+    fprintf(stderr, "usage: ferry %s --api-socket PATH%s\n", argv[0],
+            takes_uri ? " [tcp:HOST:PORT]" : "");
+    return CLIENT_EXIT_USAGE;
 }

@@ -2,6 +2,8 @@
  * migration, creates the VM the source describes, fills it, and starts it
  * only once every record has been received and checked. */
 #include <errno.h>
+#include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +14,7 @@
 #include "cli/args.h"
 #include "migration/channel.h"
 #include "migration/migration.h"
+#include "migration/postcopy.h"
 #include "state/stream.h"
 #include "util/log.h"
 #include "util/util.h"
@@ -24,11 +27,21 @@ struct mig_dst {
     struct migration *m;
     struct vm *vm;
     struct run_args *a;
+    int lfd;                    /* kept open: urgent channel and recovery */
     int sock;
     struct stream_io in, out;
     bool start_paused;
+    bool postcopy;
     char err[256];
+    /* post-copy */
+    struct pc_dst pc;
+    int usock;
+    struct stream_io uin, uout;
+    pthread_t uthread, thread;
+    bool uthread_started, thread_started, stop;
 };
+
+static struct mig_dst *dst_current;   /* the one incoming migration of this process */
 
 static uint64_t realtime_ns(void)
 {
@@ -66,6 +79,8 @@ static int dst_check_hello(struct mig_dst *d, const struct stream_header *h)
                  "(this ferry speaks version %u)", h->proto_version, MIG_PROTO_VERSION);
         return dst_refuse(d, -EPROTO, msg);
     }
+    if (h->proto_flags != 0)
+        return dst_refuse(d, -EPROTO, "expected a new migration, got a recovery or a channel");
     if (d->a->memory_given && d->a->vm.mem_bytes != h->mem_size) {
         snprintf(msg, sizeof(msg), "memory size mismatch: the source VM has %llu MiB, "
                  "the destination was started with --memory %llu",
@@ -88,6 +103,7 @@ static int dst_handshake(struct mig_dst *d)
     struct stream_header h;
     int ret = stream_read(&d->in, &h, sizeof(h));
 
+
     if (ret < 0) {
         snprintf(d->err, sizeof(d->err), "no handshake from the peer: %s",
                  ret == -EPIPE ? "connection closed" : strerror(-ret));
@@ -107,6 +123,39 @@ static int dst_handshake(struct mig_dst *d)
     return mig_send_status(&d->out, REC_ACK, 0, "ok");
 }
 
+/* A second connection of the same migration (urgent channel, recovery):
+ * same VM, same protocol, the flags we expect. */
+static int dst_accept_channel(struct mig_dst *d, uint32_t flags, int *sock,
+                              struct stream_io *in, struct stream_io *out)
+{
+    struct stream_header h;
+    const char *why = "";
+    int ret;
+
+    *sock = accept4(d->lfd, NULL, NULL, SOCK_CLOEXEC);
+    if (*sock < 0)
+        return -errno;
+    chan_set_timeouts(*sock, DST_TIMEOUT_S);
+    stream_io_free(in);
+    stream_io_free(out);
+    if (stream_io_init(in, *sock, DST_IOBUF) < 0 || stream_io_init(out, *sock, 1u << 16) < 0)
+        return -ENOMEM;
+    ret = stream_read(in, &h, sizeof(h));
+    if (ret == 0 && (ret = stream_header_check(&h, &why)) < 0)
+        mig_send_status(out, REC_ACK, ret, why);
+    else if (ret == 0 && (h.proto_version != MIG_PROTO_VERSION || h.proto_flags != flags ||
+                          h.mem_size != d->vm->mem.size || h.ncpus != d->vm->ncpus ||
+                          h.cpuid_fingerprint != vm_cpuid_fingerprint(d->vm)))
+        ret = -EPROTO, mig_send_status(out, REC_ACK, ret, "not a channel of this migration");
+    else if (ret == 0)
+        ret = mig_send_status(out, REC_ACK, 0, "ok");
+    if (ret < 0) {
+        close(*sock);
+        *sock = -1;
+    }
+    return ret;
+}
+
 static void dst_account(struct mig_dst *d, const struct stream_record *r, const uint8_t *p)
 {
     uint32_t round;
@@ -121,6 +170,29 @@ static void dst_account(struct mig_dst *d, const struct stream_record *r, const 
         uint32_t count;
         memcpy(&count, p, 4);
         __atomic_fetch_add(&d->m->pages_normal, count, __ATOMIC_RELAXED);
+    }
+}
+
+static int dst_record(struct mig_dst *d, const struct stream_record *r, const uint8_t *p)
+{
+    const char *why = "";
+    int ret;
+
+    switch (r->type) {
+    case REC_ROUND:
+        return 0;
+    case REC_POSTCOPY_ADVISE:
+        ret = dst_accept_channel(d, MIG_FLAG_URGENT, &d->usock, &d->uin, &d->uout);
+        if (ret < 0)
+            snprintf(d->err, sizeof(d->err), "post-copy channel: %s", strerror(-ret));
+        return ret;
+    case REC_BITMAP:
+        ret = pc_dst_prepare(&d->pc, &d->vm->mem, p, r->length, &why);
+        if (ret < 0)
+            snprintf(d->err, sizeof(d->err), "post-copy: %s", why);
+        return ret;
+    default:
+        return vm_apply_record(d->vm, r, p, d->err, sizeof(d->err));
     }
 }
 
@@ -139,8 +211,15 @@ static int dst_receive(struct mig_dst *d)
                      "the source closed the connection before the migration finished" : why);
             return ret;
         }
-        if (r.type == REC_END)
+        if (r.type == REC_END) {
             d->start_paused = r.flags & REC_END_PAUSED;
+            d->postcopy = r.flags & REC_END_POSTCOPY;
+            if (d->postcopy && !d->pc.mem) {
+                snprintf(d->err, sizeof(d->err), "post-copy without its page bitmap");
+                free(p);
+                return -EPROTO;
+            }
+        }
         if (r.type == REC_END || r.type == REC_CANCEL) {
             if (r.type == REC_CANCEL)
                 snprintf(d->err, sizeof(d->err), "the source ended the migration: %s",
@@ -149,37 +228,271 @@ static int dst_receive(struct mig_dst *d)
             return r.type == REC_END ? 0 : -ECANCELED;
         }
         dst_account(d, &r, p);
-        ret = r.type == REC_ROUND ? 0 : vm_apply_record(d->vm, &r, p, d->err, sizeof(d->err));
+        ret = dst_record(d, &r, p);
         free(p);
         if (ret < 0)
             return ret;
     }
 }
 
-static int dst_start_vm(struct mig_dst *d)
+static int dst_send_running(struct mig_dst *d, uint64_t t0)
 {
     uint8_t buf[4 + 16 + 1] = { 0 };
-    uint64_t t0 = time_now_ns(), rt, apply;
+    uint64_t rt = realtime_ns(), apply = time_now_ns() - t0;
+
+    memcpy(buf + 4, &rt, 8);
+    memcpy(buf + 12, &apply, 8);
+    d->m->downtime.dest_apply_ns = apply;
+    return mig_send_ctrl(&d->out, REC_RUNNING, buf, sizeof(buf));
+}
+
+/* ---- post-copy ---- */
+
+static void dst_pc_publish(struct mig_dst *d)
+{
+    struct migration *m = d->m;
+    struct pc_stats *st = &d->pc.st;
+
+    pthread_mutex_lock(&d->pc.lock);
+    m->pc_remaining = d->pc.remaining;
+    m->pc_faults = st->faults;
+    m->pc_zero_faults = __atomic_load_n(&st->zero_faults, __ATOMIC_RELAXED);
+    m->pc_pushed = st->pushed;
+    m->pc_demanded = st->demanded;
+    m->pc_blocked_ns = st->blocked_ns;
+    pc_latency_percentiles(st, &m->pc_p50_us, &m->pc_p99_us, &m->pc_max_us);
+    pthread_mutex_unlock(&d->pc.lock);
+}
+
+/* Pages the source sends because a vCPU asked for them. */
+static void *dst_urgent_thread(void *arg)
+{
+    struct mig_dst *d = arg;
+    struct stream_record r;
+    const char *why;
+    uint8_t *p;
+
+    pthread_setname_np(pthread_self(), "postcopy-urgent");
+    while (stream_get_record(&d->uin, &r, &p, &why) == 0) {
+        if (r.type == REC_PAGES)
+            pc_dst_place(&d->pc, p, r.length, true, &why);
+        free(p);
+    }
+    return NULL;
+}
+
+static int dst_start_urgent(struct mig_dst *d)
+{
+    int ret = pthread_create(&d->uthread, NULL, dst_urgent_thread, d);
+
+    d->uthread_started = ret == 0;
+    if (ret == 0)
+        pc_dst_set_urgent(&d->pc, &d->uout);
+    return -ret;
+}
+
+static void dst_stop_urgent(struct mig_dst *d)
+{
+    pc_dst_set_urgent(&d->pc, NULL);
+    if (d->usock >= 0)
+        shutdown(d->usock, SHUT_RDWR);
+    if (d->uthread_started)
+        pthread_join(d->uthread, NULL);
+    d->uthread_started = false;
+    if (d->usock >= 0)
+        close(d->usock);
+    d->usock = -1;
+}
+
+/* Waits for the source to come back (it retries by itself, or the operator
+ * runs migrate-recover), tells it which pages are still missing, and takes
+ * the urgent channel back. The VM keeps running; vCPUs that fault wait. */
+static int dst_pc_recover(struct mig_dst *d)
+{
+    uint8_t *bm;
+    uint64_t len;
+    int ret;
+
+    dst_stop_urgent(d);
+    if (d->sock >= 0)
+        close(d->sock);
+    d->sock = -1;
+    dst_set_state(d, MIG_POSTCOPY_PAUSED);
+    log_warn("post-copy: connection to the source lost; waiting for it to reconnect");
+    for (;;) {
+        if (__atomic_load_n(&d->stop, __ATOMIC_ACQUIRE))
+            return -ECANCELED;
+        ret = dst_accept_channel(d, MIG_FLAG_RECOVER, &d->sock, &d->in, &d->out);
+        if (ret < 0)
+            continue;
+        pthread_mutex_lock(&d->pc.lock);
+        ret = pc_bitmap_encode(&d->pc.needed, &bm, &len);
+        pthread_mutex_unlock(&d->pc.lock);
+        if (ret == 0) {
+            stream_put_record(&d->out, REC_BITMAP, 0, 0, 1, REC_FLAG_MANDATORY, bm, len);
+            free(bm);
+            ret = stream_flush(&d->out);
+        }
+        if (ret == 0)
+            ret = dst_accept_channel(d, MIG_FLAG_URGENT | MIG_FLAG_RECOVER, &d->usock, &d->uin,
+                                     &d->uout);
+        if (ret == 0 && dst_start_urgent(d) == 0)
+            break;
+    }
+    d->m->pc_recoveries++;
+    dst_set_state(d, MIG_POSTCOPY);
+    log_info("post-copy: the source is back; %llu pages still missing",
+             (unsigned long long)pc_dst_remaining(&d->pc));
+    return 0;
+}
+
+/* Every page is here: say so (with the fault statistics, which only this
+ * side sees) and stop catching faults. */
+static void dst_pc_finish(struct mig_dst *d)
+{
+    struct migration *m = d->m;
+    uint8_t buf[4 + 7 * 8 + 1] = { 0 };
+    uint64_t v[7];
+
+    dst_pc_publish(d);
+    v[0] = m->pc_faults;
+    v[1] = m->pc_zero_faults;
+    v[2] = m->pc_demanded;
+    v[3] = m->pc_pushed;
+    v[4] = m->pc_blocked_ns;
+    v[5] = ((uint64_t)m->pc_p99_us << 32) | m->pc_p50_us;
+    v[6] = m->pc_max_us;
+    memcpy(buf + 4, v, sizeof(v));
+    mig_send_ctrl(&d->out, REC_POSTCOPY_DONE, buf, sizeof(buf));
+    dst_stop_urgent(d);
+    pc_dst_stop(&d->pc);
+    pthread_mutex_lock(&m->lock);
+    m->state = MIG_RUNNING;
+    m->total_ns = time_now_ns() - m->start_ns;
+    pthread_mutex_unlock(&m->lock);
+    log_info("post-copy complete: %llu remote faults, p99 %u us, %llu pages pushed",
+             (unsigned long long)m->pc_faults, m->pc_p99_us, (unsigned long long)m->pc_pushed);
+}
+
+/* The source gave the VM up: nothing can bring the missing pages back. */
+static void dst_pc_aborted(struct mig_dst *d, const char *why)
+{
+    char msg[256];
+
+    snprintf(msg, sizeof(msg), "post-copy aborted by the source (%s): %llu pages never "
+             "arrived; the VM cannot continue and is stopped", why,
+             (unsigned long long)pc_dst_remaining(&d->pc));
+    log_err("%s", msg);
+    dst_stop_urgent(d);
+    pc_dst_stop(&d->pc);   /* releases vCPUs blocked on missing pages */
+    pthread_mutex_lock(&d->m->lock);
+    d->m->state = MIG_ABORTED;
+    snprintf(d->m->error, sizeof(d->m->error), "%s", msg);
+    pthread_mutex_unlock(&d->m->lock);
+    vm_request_stop(d->vm, 1, "post-copy aborted: the VM is lost");
+}
+
+/* One record from the main channel, or 1 when nothing came for a while. */
+static int dst_pc_next(struct mig_dst *d, struct stream_record *r, uint8_t **p)
+{
+    struct pollfd pfd = { .fd = d->sock, .events = POLLIN };
+    const char *why;
+
+    if (d->in.pos == d->in.len && poll(&pfd, 1, 200) == 0)
+        return 1;
+    return stream_get_record(&d->in, r, p, &why);
+}
+
+static void *dst_pc_thread(void *arg)
+{
+    struct mig_dst *d = arg;
+    struct stream_record r;
+    const char *why;
+    uint8_t *p;
+
+    pthread_setname_np(pthread_self(), "postcopy");
+    while (pc_dst_remaining(&d->pc) && !__atomic_load_n(&d->stop, __ATOMIC_ACQUIRE)) {
+        int ret = dst_pc_next(d, &r, &p);
+        if (ret > 0) {
+            dst_pc_publish(d);
+            continue;
+        }
+        if (ret < 0) {
+            if (dst_pc_recover(d) < 0)
+                return NULL;
+            continue;
+        }
+        if (r.type == REC_PAGES)
+            pc_dst_place(&d->pc, p, r.length, false, &why);
+        else if (r.type == REC_CANCEL) {
+            dst_pc_aborted(d, r.length > 5 ? (const char *)p + 4 : "abort");
+            free(p);
+            return NULL;
+        }
+        free(p);
+    }
+    if (!__atomic_load_n(&d->stop, __ATOMIC_ACQUIRE))
+        dst_pc_finish(d);
+    return NULL;
+}
+
+static int dst_start_postcopy(struct mig_dst *d)
+{
+    int ret = pc_dst_start(&d->pc);
+
+    if (ret == 0)
+        ret = dst_start_urgent(d);
+    if (ret < 0)
+        snprintf(d->err, sizeof(d->err), "starting post-copy: %s", strerror(-ret));
+    return ret;
+}
+
+static int dst_start_vm(struct mig_dst *d)
+{
+    uint64_t t0 = time_now_ns();
     int ret = state_check_complete(&d->vm->sections, d->err, sizeof(d->err));
 
+    if (ret == 0 && d->postcopy)
+        ret = dst_start_postcopy(d);
     if (ret < 0) {
         mig_send_status(&d->out, REC_RUNNING, ret, d->err);
         return ret;
     }
     ret = vm_start(d->vm, d->start_paused);
-    rt = realtime_ns();
-    apply = time_now_ns() - t0;
-    memcpy(buf + 4, &rt, 8);
-    memcpy(buf + 12, &apply, 8);
-    d->m->downtime.dest_apply_ns = apply;
-    mig_send_ctrl(&d->out, REC_RUNNING, buf, sizeof(buf));
+    dst_send_running(d, t0);
+    if (ret == 0 && d->postcopy) {
+        d->m->pc_start_ns = time_now_ns();
+        d->m->pc_total_pages = pc_dst_remaining(&d->pc);
+        dst_set_state(d, MIG_POSTCOPY);
+        ret = -pthread_create(&d->thread, NULL, dst_pc_thread, d);
+        d->thread_started = ret == 0;
+    }
     return ret;
 }
 
-static int dst_accept(struct mig_dst *d, int lfd)
+/* At exit: a post-copy still running is stopped (the VM is going away). */
+void mig_incoming_stop(struct migration *m)
 {
-    d->sock = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-    close(lfd);
+    struct mig_dst *d = dst_current;
+
+    (void)m;
+    if (!d)
+        return;
+    __atomic_store_n(&d->stop, true, __ATOMIC_RELEASE);
+    if (d->sock >= 0)
+        shutdown(d->sock, SHUT_RDWR);
+    if (d->lfd >= 0)
+        shutdown(d->lfd, SHUT_RDWR);
+    if (d->thread_started)
+        pthread_join(d->thread, NULL);
+    dst_stop_urgent(d);
+    if (d->pc.uffd >= 0 && d->pc.mem)
+        pc_dst_stop(&d->pc);
+}
+
+static int dst_accept(struct mig_dst *d)
+{
+    d->sock = accept4(d->lfd, NULL, NULL, SOCK_CLOEXEC);
     if (d->sock < 0) {
         snprintf(d->err, sizeof(d->err), "accept: %s", strerror(errno));
         return -errno;
@@ -195,34 +508,46 @@ static int dst_accept(struct mig_dst *d, int lfd)
 int mig_incoming(struct migration *m, struct vm *vm, struct run_args *a,
                  const char *host, const char *port)
 {
-    struct mig_dst d = { .m = m, .vm = vm, .a = a, .sock = -1 };
-    int lfd = chan_listen(host, port), ret;
+    static struct mig_dst dst;
+    struct mig_dst *d = &dst;
+    int ret;
 
-    if (lfd < 0)
-        return lfd;
+    *d = (struct mig_dst){ .m = m, .vm = vm, .a = a, .sock = -1, .usock = -1 };
+    d->pc.uffd = -1;
+    d->lfd = chan_listen(host, port);
+    if (d->lfd < 0)
+        return d->lfd;
+    dst_current = d;
     m->state = MIG_WAITING;
     log_info("waiting for a migration on %s:%s", host, port);
-    ret = dst_accept(&d, lfd);
+    ret = dst_accept(d);
     if (ret == 0)
-        ret = dst_handshake(&d);
+        ret = dst_handshake(d);
     if (ret == 0)
-        ret = dst_receive(&d);
+        ret = dst_receive(d);
     if (ret == 0) {
-        dst_set_state(&d, MIG_APPLYING);
-        ret = dst_start_vm(&d);
+        dst_set_state(d, MIG_APPLYING);
+        ret = dst_start_vm(d);
     }
     pthread_mutex_lock(&m->lock);
-    m->state = ret == 0 ? MIG_RUNNING : MIG_FAILED;
-    m->total_ns = time_now_ns() - m->start_ns;
-    snprintf(m->error, sizeof(m->error), "%s", d.err);
+    if (!d->postcopy || ret < 0) {
+        m->state = ret == 0 ? MIG_RUNNING : MIG_FAILED;
+        m->total_ns = time_now_ns() - m->start_ns;
+    }
+    snprintf(m->error, sizeof(m->error), "%.250s", d->err);
     pthread_mutex_unlock(&m->lock);
     if (ret < 0)
-        log_err("incoming migration failed: %s", d.err[0] ? d.err : strerror(-ret));
+        log_err("incoming migration failed: %s", d->err[0] ? d->err : strerror(-ret));
     else
-        log_info("incoming migration complete: the VM runs here");
-    if (d.sock >= 0)
-        close(d.sock);
-    stream_io_free(&d.in);
-    stream_io_free(&d.out);
+        log_info(d->postcopy ? "incoming migration: the VM runs here in post-copy"
+                             : "incoming migration complete: the VM runs here");
+    if (!d->postcopy || ret < 0) {
+        mig_incoming_stop(m);
+        if (d->sock >= 0)
+            close(d->sock);
+        close(d->lfd);
+        d->sock = d->lfd = -1;
+        dst_current = NULL;
+    }
     return ret;
 }

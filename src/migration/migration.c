@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <stdio.h>
 #include <time.h>
 
 #include "util/util.h"
@@ -22,28 +23,79 @@ const char *mig_state_name(enum mig_state s)
     static const char *const names[] = {
         "none", "setup", "precopy", "switchover", "completed", "failed", "cancelled",
         "waiting", "receiving", "applying", "running",
+        "postcopy", "postcopy-paused", "aborted",
     };
     return names[s];
 }
 
 static bool mig_active_locked(const struct migration *m)
 {
-    return m->state == MIG_SETUP || m->state == MIG_PRECOPY || m->state == MIG_SWITCHOVER;
+    return m->state == MIG_SETUP || m->state == MIG_PRECOPY || m->state == MIG_SWITCHOVER ||
+           (m->source && (m->state == MIG_POSTCOPY || m->state == MIG_POSTCOPY_PAUSED));
 }
 
 bool mig_active(struct migration *m)
 {
-    enum mig_state s = __atomic_load_n(&m->state, __ATOMIC_ACQUIRE);
+    bool active;
 
-    return s == MIG_SETUP || s == MIG_PRECOPY || s == MIG_SWITCHOVER;
+    pthread_mutex_lock(&m->lock);
+    active = mig_active_locked(m);
+    pthread_mutex_unlock(&m->lock);
+    return active;
 }
 
 void mig_wait(struct migration *m)
 {
     pthread_mutex_lock(&m->lock);
-    while (m->state == MIG_SETUP || m->state == MIG_PRECOPY || m->state == MIG_SWITCHOVER)
+    while (mig_active_locked(m))
         pthread_cond_wait(&m->done, &m->lock);
     pthread_mutex_unlock(&m->lock);
+}
+
+int mig_postcopy_now(struct migration *m)
+{
+    int ret = 0;
+
+    pthread_mutex_lock(&m->lock);
+    if (m->source && (m->state == MIG_SETUP || m->state == MIG_PRECOPY))
+        __atomic_store_n(&m->postcopy_req, true, __ATOMIC_RELEASE);
+    else
+        ret = -ENOENT;
+    pthread_mutex_unlock(&m->lock);
+    return ret;
+}
+
+int mig_recover(struct migration *m, const char *host, const char *port)
+{
+    int ret = 0;
+
+    pthread_mutex_lock(&m->lock);
+    if (m->source && m->state == MIG_POSTCOPY_PAUSED) {
+        snprintf(m->recover_host, sizeof(m->recover_host), "%s", host ? host : "");
+        snprintf(m->recover_port, sizeof(m->recover_port), "%s", port ? port : "");
+        m->recover_req = true;
+    } else {
+        ret = m->state == MIG_POSTCOPY ? -EALREADY : -ENOENT;
+    }
+    pthread_mutex_unlock(&m->lock);
+    return ret;
+}
+
+/* Giving the VM up: only meaningful once post-copy has split it. */
+int mig_abort(struct migration *m)
+{
+    int ret = 0;
+
+    pthread_mutex_lock(&m->lock);
+    if (m->source && (m->state == MIG_POSTCOPY || m->state == MIG_POSTCOPY_PAUSED)) {
+        __atomic_store_n(&m->abort_req, true, __ATOMIC_RELEASE);
+        if (m->sock >= 0)
+            shutdown(m->sock, SHUT_RDWR);
+    } else {
+        ret = -ENOENT;
+    }
+    pthread_mutex_unlock(&m->lock);
+    return ret;
 }
 
 /* The thread notices the flag between batches; shutting the socket down
@@ -65,7 +117,8 @@ int mig_cancel(struct migration *m)
         if (mig_active_locked(m) && m->sock >= 0)
             shutdown(m->sock, SHUT_RDWR);   /* blocked on a peer that stopped reading */
     } else {
-        ret = m->state == MIG_SWITCHOVER ? -EINPROGRESS : -ENOENT;
+        ret = m->state == MIG_SWITCHOVER || m->state == MIG_POSTCOPY ||
+              m->state == MIG_POSTCOPY_PAUSED ? -EINPROGRESS : -ENOENT;
     }
     pthread_mutex_unlock(&m->lock);
     return ret;
@@ -95,12 +148,38 @@ static json_t *downtime_json(const struct mig_downtime *d)
 
 static json_t *params_json(const struct mig_params *p)
 {
-    return json_pack("{s:s, s:s, s:I, s:I, s:I, s:s, s:b}", "host", p->host, "port", p->port,
+    static const char *const modes[] = { "precopy", "postcopy", "hybrid" };
+
+    return json_pack("{s:s, s:s, s:s, s:i, s:I, s:I, s:I, s:s, s:b}", "host", p->host,
+                     "port", p->port, "mode", modes[p->mode],
+                     "postcopy_after_rounds", (int)p->postcopy_after_rounds,
                      "downtime_limit_ms", (json_int_t)(p->policy.downtime_limit_ns / 1000000),
                      "bandwidth_mibs", (json_int_t)(p->bandwidth_bps >> 20),
                      "max_time_s", (json_int_t)(p->policy.max_time_ns / 1000000000ULL),
                      "on_timeout", p->policy.on_timeout == ON_TIMEOUT_FORCE ? "force" : "fail",
                      "auto_converge", p->policy.auto_converge);
+}
+
+static json_t *postcopy_json(const struct migration *m)
+{
+    uint64_t now = time_now_ns();
+
+    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:i, s:i, s:i, s:i, s:I}",
+                     "pages_total", (json_int_t)m->pc_total_pages,
+                     "pages_remaining", (json_int_t)__atomic_load_n(&m->pc_remaining,
+                                                                    __ATOMIC_RELAXED),
+                     "pages_pushed", (json_int_t)m->pc_pushed,
+                     "pages_demanded", (json_int_t)m->pc_demanded,
+                     "remote_faults", (json_int_t)m->pc_faults,
+                     "zero_faults", (json_int_t)m->pc_zero_faults,
+                     "vcpu_blocked_ms", m->pc_blocked_ns / 1e6,
+                     "fault_latency_p50_us", (int)m->pc_p50_us,
+                     "fault_latency_p99_us", (int)m->pc_p99_us,
+                     "fault_latency_max_us", (int)m->pc_max_us,
+                     "recoveries", (int)m->pc_recoveries,
+                     "duration_ms", (json_int_t)(m->pc_start_ns ?
+                         ((m->total_ns ? m->start_ns + m->total_ns : now) - m->pc_start_ns)
+                         / 1000000 : 0));
 }
 
 static uint64_t mig_elapsed(const struct migration *m)
@@ -132,6 +211,8 @@ json_t *mig_status_json(struct migration *m)
                   "downtime", downtime_json(&m->downtime), "rounds", rounds);
     if (m->source)
         json_object_set_new(j, "params", params_json(&m->params));
+    if (m->pc_start_ns)
+        json_object_set_new(j, "postcopy", postcopy_json(m));
     if (m->error[0])
         json_object_set_new(j, "error", json_string(m->error));
     pthread_mutex_unlock(&m->lock);

@@ -21,7 +21,19 @@ enum mig_rec_type {
     REC_ROUND = 17,     /* src -> dst: a pre-copy round ended {u32 round} */
     REC_RUNNING = 18,   /* dst -> src: VM runs {i32 status, u64 resume_rt_ns, u64 apply_ns, text} */
     REC_CANCEL = 19,    /* src -> dst: migration cancelled {text} */
+    REC_POSTCOPY_ADVISE = 20,  /* src -> dst: about to open the urgent channel */
+    REC_PAGE_REQ = 21,  /* dst -> src, urgent channel: {u64 gpa} a vCPU faulted on */
+    REC_POSTCOPY_DONE = 22,    /* dst -> src: every page has arrived */
 };
+
+/* proto_flags of a connection's HELLO. */
+#define MIG_FLAG_URGENT  1u     /* this connection is the post-copy urgent channel */
+#define MIG_FLAG_RECOVER 2u     /* reconnecting to resume a broken post-copy */
+
+/* Flag of the REC_END record: the destination runs in post-copy. */
+#define REC_END_POSTCOPY 4u
+
+enum mig_mode { MIG_MODE_PRECOPY, MIG_MODE_POSTCOPY, MIG_MODE_HYBRID };
 
 /* Flag of the REC_END record: the VM was paused on the source. */
 #define REC_END_PAUSED 2u
@@ -31,6 +43,8 @@ enum mig_state {
     MIG_CANCELLED,
     /* destination side */
     MIG_WAITING, MIG_RECEIVING, MIG_APPLYING, MIG_RUNNING,
+    /* both sides, once the VM runs on the destination with pages missing */
+    MIG_POSTCOPY, MIG_POSTCOPY_PAUSED, MIG_ABORTED,
 };
 
 struct mig_params {
@@ -38,6 +52,8 @@ struct mig_params {
     char port[16];
     struct policy_config policy;
     uint64_t bandwidth_bps;      /* 0: no cap */
+    enum mig_mode mode;
+    unsigned postcopy_after_rounds;   /* hybrid: 0 = when pre-copy stalls */
 };
 
 struct mig_round {
@@ -88,6 +104,17 @@ struct migration {
     uint64_t start_ns;
     uint64_t total_ns;
     struct mig_downtime downtime;
+    /* post-copy */
+    bool postcopy_req;           /* migrate-postcopy: switch at the next chance */
+    bool abort_req;              /* migrate-abort in post-copy: give the VM up */
+    bool recover_req;            /* migrate-recover: reconnect now (maybe elsewhere) */
+    char recover_host[256], recover_port[16];
+    uint64_t pc_start_ns;
+    uint64_t pc_total_pages;
+    uint64_t pc_remaining;
+    uint64_t pc_pushed, pc_demanded, pc_faults, pc_zero_faults, pc_blocked_ns;
+    uint32_t pc_p50_us, pc_p99_us, pc_max_us;
+    unsigned pc_recoveries;
     unsigned nrounds;
     struct mig_round rounds[MIG_MAX_ROUNDS];
 };
@@ -104,6 +131,11 @@ int mig_start(struct migration *m, struct vm *vm, const struct mig_params *p,
 /* Blocks until the migration thread has finished. */
 void mig_wait(struct migration *m);
 int mig_cancel(struct migration *m);
+/* Post-copy controls (source): switch now; reconnect (NULL uri: same place);
+ * give the VM up. */
+int mig_postcopy_now(struct migration *m);
+int mig_recover(struct migration *m, const char *host, const char *port);
+int mig_abort(struct migration *m);
 bool mig_active(struct migration *m);
 /* Status / report as JSON (either side). */
 json_t *mig_status_json(struct migration *m);
@@ -114,6 +146,9 @@ const char *mig_state_name(enum mig_state s);
 struct run_args;
 int mig_incoming(struct migration *m, struct vm *vm, struct run_args *a,
                  const char *host, const char *port);
+
+/* Stops a destination's post-copy threads at exit. */
+void mig_incoming_stop(struct migration *m);
 
 /* Control records. */
 struct stream_io;

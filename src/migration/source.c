@@ -14,36 +14,20 @@
 #include "migration/channel.h"
 #include "migration/dirty.h"
 #include "migration/migration.h"
+#include "migration/source_internal.h"
 #include "migration/throttle.h"
 #include "state/pages.h"
 #include "util/log.h"
 #include "util/util.h"
 #include "vm/vm.h"
 
-#define SRC_IOBUF          (1u << 20)
-#define SRC_TIMEOUT_S      30
 #define SRC_CONNECT_MS     10000
 #define SRC_FIXED_COST_NS  (5ULL * 1000000)
 #define SRC_STOP_LATENCY   (1ULL * 1000000)
 #define SRC_DEFAULT_BW     (100ULL << 20)
 #define NS_PER_S           1000000000ULL
 
-struct mig_src {
-    struct migration *m;
-    struct vm *vm;
-    int sock;
-    struct stream_io out, in;
-    struct dirty_log dirty;
-    struct page_batch batch;
-    struct page_stats ps;       /* whole migration */
-    uint64_t bw_bps;            /* best estimate of the link */
-    bool paused;                /* by this migration */
-    bool was_paused;            /* by the user, before the switchover */
-    bool op_locked;
-    char err[256];
-};
-
-static uint64_t realtime_ns(void)
+uint64_t realtime_ns(void)
 {
     struct timespec ts;
 
@@ -51,19 +35,19 @@ static uint64_t realtime_ns(void)
     return (uint64_t)ts.tv_sec * NS_PER_S + (uint64_t)ts.tv_nsec;
 }
 
-static bool src_cancelled(struct mig_src *s)
+bool src_cancelled(struct mig_src *s)
 {
     return __atomic_load_n(&s->m->cancel, __ATOMIC_ACQUIRE);
 }
 
-static void src_set_state(struct mig_src *s, enum mig_state st)
+void src_set_state(struct mig_src *s, enum mig_state st)
 {
     pthread_mutex_lock(&s->m->lock);
     s->m->state = st;
     pthread_mutex_unlock(&s->m->lock);
 }
 
-static int src_fail(struct mig_src *s, int ret, const char *fmt, const char *detail)
+int src_fail(struct mig_src *s, int ret, const char *fmt, const char *detail)
 {
     if (!s->err[0])
         snprintf(s->err, sizeof(s->err), fmt, detail);
@@ -86,7 +70,7 @@ static void src_rate_limit(struct mig_src *s)
     }
 }
 
-static int src_flush_batch(struct mig_src *s)
+int src_flush_batch(struct mig_src *s)
 {
     int ret = page_batch_flush(&s->batch, &s->out, &s->ps);
 
@@ -99,7 +83,7 @@ static int src_flush_batch(struct mig_src *s)
     return ret;
 }
 
-static int src_add_page(struct mig_src *s, uint64_t gpa, const uint8_t *hva, bool zero_marker)
+int src_add_page(struct mig_src *s, uint64_t gpa, const uint8_t *hva, bool zero_marker)
 {
     int ret = page_batch_add(&s->batch, &s->out, gpa, hva, zero_marker, &s->ps);
 
@@ -108,27 +92,37 @@ static int src_add_page(struct mig_src *s, uint64_t gpa, const uint8_t *hva, boo
     return ret;
 }
 
-static int src_handshake(struct mig_src *s)
+/* A connection to the destination: HELLO with flags, then its ACK. */
+int src_open_channel(struct mig_src *s, uint32_t flags, int *sock, struct stream_io *out,
+                     struct stream_io *in)
 {
+    struct mig_params *p = &s->m->params;
     struct stream_header h;
     uint8_t buf[MIG_CTRL_MAX];
+    char why[256];
     uint32_t len;
     int32_t status;
     int khz = ioctl(s->vm->vcpus[0].fd, KVM_GET_TSC_KHZ, 0);
     int ret;
 
+    *sock = chan_connect(p->host, p->port, SRC_CONNECT_MS);
+    if (*sock < 0)
+        return src_fail(s, *sock, "connecting to the destination: %.200s", strerror(-*sock));
+    chan_set_timeouts(*sock, SRC_TIMEOUT_S);
+    if (stream_io_init(out, *sock, flags & MIG_FLAG_URGENT ? 1u << 16 : SRC_IOBUF) < 0 ||
+        stream_io_init(in, *sock, 4096) < 0)
+        return src_fail(s, -ENOMEM, "%.200s", "out of memory");
     stream_header_init(&h, s->vm->mem.size, s->vm->ncpus, vm_cpuid_fingerprint(s->vm),
                        khz > 0 ? (uint64_t)khz : 0);
     h.proto_version = MIG_PROTO_VERSION;
+    h.proto_flags = flags;
     h.checksum = stream_header_seal(&h);
-    ret = stream_write(&s->out, &h, sizeof(h));
+    ret = stream_write(out, &h, sizeof(h));
     if (ret == 0)
-        ret = stream_flush(&s->out);
+        ret = stream_flush(out);
     if (ret < 0)
         return src_fail(s, ret, "sending the handshake: %.200s", strerror(-ret));
-    char why[256];
-
-    ret = chan_read_ctrl(&s->in, REC_ACK, buf, &len, why, sizeof(why));
+    ret = chan_read_ctrl(in, REC_ACK, buf, &len, why, sizeof(why));
     if (ret < 0)
         return src_fail(s, ret, "handshake: %.200s", why);
     memcpy(&status, buf, 4);
@@ -273,9 +267,27 @@ static int src_round(struct mig_src *s, unsigned round, struct policy_decision *
     return 0;
 }
 
-static int src_precopy(struct mig_src *s, bool *forced)
+/* Hybrid: post-copy once pre-copy has had its chance and still does not fit
+ * (after N rounds if asked, else as soon as a round stops shrinking). */
+static bool src_want_postcopy(struct mig_src *s, unsigned round, const struct policy_decision *d)
 {
-    struct policy_decision d;
+    const struct mig_params *p = &s->m->params;
+    const struct mig_round *r = s->m->nrounds ? &s->m->rounds[s->m->nrounds - 1] : NULL;
+
+    if (__atomic_load_n(&s->m->postcopy_req, __ATOMIC_ACQUIRE))
+        return true;
+    if (p->mode == MIG_MODE_POSTCOPY)
+        return true;
+    if (p->mode != MIG_MODE_HYBRID || d->action == POLICY_SWITCHOVER)
+        return false;
+    if (p->postcopy_after_rounds)
+        return round >= p->postcopy_after_rounds;
+    return round >= 2 && r && r->dirty_pages * 2 >= r->pages + r->zero;
+}
+
+static int src_precopy(struct mig_src *s, bool *forced, bool *postcopy)
+{
+    struct policy_decision d = { 0 };
 
     for (unsigned round = 1;; round++) {
         int ret = src_round(s, round, &d);
@@ -283,6 +295,11 @@ static int src_precopy(struct mig_src *s, bool *forced)
             return ret;
         if (src_cancelled(s))
             return src_fail(s, -ECANCELED, "%.200s", "cancelled");
+        if (src_want_postcopy(s, round, &d) ||
+            (s->m->params.mode == MIG_MODE_HYBRID && d.action == POLICY_FORCE)) {
+            *postcopy = true;
+            return 0;
+        }
         switch (d.action) {
         case POLICY_SWITCHOVER: return 0;
         case POLICY_FORCE: *forced = true; return 0;
@@ -298,7 +315,7 @@ static int src_precopy(struct mig_src *s, bool *forced)
     }
 }
 
-static int src_wait_running(struct mig_src *s, uint64_t *resume_rt, uint64_t *apply_ns)
+int src_wait_running(struct mig_src *s, uint64_t *resume_rt, uint64_t *apply_ns)
 {
     uint8_t buf[MIG_CTRL_MAX];
     uint32_t len;
@@ -362,34 +379,34 @@ static int src_switchover(struct mig_src *s)
 
 static int src_connect(struct mig_src *s)
 {
-    struct mig_params *p = &s->m->params;
+    int ret = src_open_channel(s, 0, &s->sock, &s->out, &s->in);
 
-    s->sock = chan_connect(p->host, p->port, SRC_CONNECT_MS);
-    if (s->sock < 0)
-        return src_fail(s, s->sock, "connecting to the destination: %.200s", strerror(-s->sock));
     pthread_mutex_lock(&s->m->lock);
     s->m->sock = s->sock;
     pthread_mutex_unlock(&s->m->lock);
-    chan_set_timeouts(s->sock, SRC_TIMEOUT_S);
-    if (stream_io_init(&s->out, s->sock, SRC_IOBUF) < 0 || stream_io_init(&s->in, s->sock, 4096) < 0)
-        return src_fail(s, -ENOMEM, "%.200s", "out of memory");
-    return src_handshake(s);
+    return ret;
 }
 
 static int src_run(struct mig_src *s)
 {
-    bool forced = false;
+    bool forced = false, postcopy = false;
     int ret = src_connect(s);
 
     if (ret == 0 && (ret = dirty_start(&s->dirty, s->vm->vm_fd, &s->vm->mem)) < 0)
         src_fail(s, ret, "starting dirty logging: %.200s", strerror(-ret));
     if (ret == 0) {
         src_set_state(s, MIG_PRECOPY);
-        ret = src_precopy(s, &forced);
+        ret = src_precopy(s, &forced, &postcopy);
     }
     if (ret == 0)
-        ret = src_switchover(s);
+        ret = postcopy ? src_postcopy(s) : src_switchover(s);
     return ret;
+}
+
+/* Once post-copy has started the VM is no longer ours to resume. */
+static bool src_in_postcopy(const struct migration *m)
+{
+    return m->state == MIG_POSTCOPY || m->state == MIG_POSTCOPY_PAUSED;
 }
 
 /* On failure before the destination confirmed: the VM stays here. */
@@ -397,23 +414,28 @@ static void src_cleanup(struct mig_src *s, int ret)
 {
     struct migration *m = s->m;
 
+    bool postcopy = src_in_postcopy(m);
+
     throttle_set(s->vm, 0);
     if (s->dirty.enabled)
         dirty_stop(&s->dirty);
     if (ret < 0 && s->sock >= 0 && s->out.err == 0)
         mig_send_status(&s->out, REC_CANCEL, ret, s->err);
-    if (ret < 0 && s->paused)
+    if (ret < 0 && s->paused && !postcopy)
         vm_resume(s->vm);
     if (s->op_locked)
         pthread_mutex_unlock(&s->vm->op_lock);
+    src_postcopy_cleanup(s);
     pthread_mutex_lock(&m->lock);
-    m->state = ret == 0 ? MIG_COMPLETED : m->cancel ? MIG_CANCELLED : MIG_FAILED;
+    m->state = ret == 0 ? MIG_COMPLETED : postcopy ? MIG_ABORTED :
+               m->cancel ? MIG_CANCELLED : MIG_FAILED;
     m->total_ns = time_now_ns() - m->start_ns;
     snprintf(m->error, sizeof(m->error), "%s", ret == 0 ? "" : s->err);
     m->sock = -1;
     pthread_mutex_unlock(&m->lock);
     if (s->sock >= 0)
         close(s->sock);
+    s->sock = -1;
     stream_io_free(&s->out);
     stream_io_free(&s->in);
 }
@@ -427,7 +449,7 @@ static void *src_thread(void *arg)
     pthread_setname_np(pthread_self(), "migration");
     if (!s)
         return NULL;
-    *s = (struct mig_src){ .m = m, .vm = m->vm, .sock = -1 };
+    *s = (struct mig_src){ .m = m, .vm = m->vm, .sock = -1, .usock = -1 };
     ret = src_run(s);
     src_cleanup(s, ret);
     if (ret == 0) {
@@ -435,6 +457,9 @@ static void *src_thread(void *arg)
                  (unsigned long long)(m->downtime.total_ns / 1000000), m->nrounds ? 
                  (unsigned long long)m->nrounds : 0ULL, (unsigned long long)m->bytes);
         vm_request_stop(m->vm, 0, "migrated: the VM runs on the destination now");
+    } else if (m->state == MIG_ABORTED) {
+        log_err("%s", s->err);
+        vm_request_stop(m->vm, 1, "post-copy aborted: the VM is lost");
     } else {
         log_err("migration failed: %s; the VM keeps running here", s->err);
     }

@@ -92,8 +92,8 @@ int pages_save_all(struct guest_mem *mem, struct stream_io *io, struct page_stat
     return page_batch_flush(&b, io, st);
 }
 
-static int pages_check(struct guest_mem *mem, const uint8_t *payload, uint64_t len,
-                       uint32_t *count, const char **why)
+int pages_validate(struct guest_mem *mem, const uint8_t *payload, uint64_t len,
+                   uint32_t *count, const char **why)
 {
     uint32_t ndata = 0;
 
@@ -156,7 +156,7 @@ int pages_load(struct guest_mem *mem, const uint8_t *payload, uint64_t len, cons
 {
     const uint8_t *data;
     uint32_t count;
-    int ret = pages_check(mem, payload, len, &count, why);
+    int ret = pages_validate(mem, payload, len, &count, why);
 
     if (ret < 0)
         return ret;

@@ -32,6 +32,9 @@ int page_batch_add(struct page_batch *b, struct stream_io *io, uint64_t gpa,
 int page_batch_flush(struct page_batch *b, struct stream_io *io, struct page_stats *st);
 /* Every non-zero page of guest RAM (holes in the memfd are skipped). */
 int pages_save_all(struct guest_mem *mem, struct stream_io *io, struct page_stats *st);
+/* Checks a REC_PAGES payload completely (entries, bounds, length). */
+int pages_validate(struct guest_mem *mem, const uint8_t *payload, uint64_t len,
+                   uint32_t *count, const char **why);
 /* Validates a REC_PAGES payload completely, then applies it. */
 int pages_load(struct guest_mem *mem, const uint8_t *payload, uint64_t len, const char **why);
 

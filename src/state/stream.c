@@ -86,13 +86,14 @@ static uint64_t record_max_len(uint32_t type)
     case REC_SECTION: return STREAM_MAX_SECTION;
     case REC_PAGES: return 8 + STREAM_PAGES_PER_REC * (8 + STREAM_PAGE_SIZE);
     case REC_END: return 0;
+    case REC_BITMAP: return STREAM_MAX_BITMAP;
     default: return STREAM_MAX_CTRL;   /* migration control records */
     }
 }
 
 int stream_record_check_header(const struct stream_record *r, const char **why)
 {
-    if ((r->type < REC_SECTION || r->type > REC_END) &&
+    if ((r->type < REC_SECTION || r->type > REC_BITMAP) &&
         (r->type < REC_FIRST_CTRL || r->type > REC_LAST_CTRL))
         return *why = "unknown record type", -EBADMSG;
     if (r->length > record_max_len(r->type))

@@ -13,11 +13,13 @@
 #define STREAM_PAGE_SIZE      4096
 #define STREAM_MAX_SECTION    (16u << 20)   /* no section payload is larger */
 #define STREAM_PAGES_PER_REC  512
+#define STREAM_MAX_BITMAP     (64u << 20)   /* 2 TiB of guest RAM */
 
 enum stream_rec_type {
     REC_SECTION = 1,
     REC_PAGES = 2,
     REC_END = 3,
+    REC_BITMAP = 4,     /* post-copy: which pages a side still needs */
 };
 
 /* Migration control records (src/migration/migration.h) use these types. */
