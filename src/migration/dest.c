@@ -173,6 +173,9 @@ static void dst_account(struct mig_dst *d, const struct stream_record *r, const 
     }
 }
 
+static int dst_start_postcopy(struct mig_dst *d);
+static void dst_pc_aborted(struct mig_dst *d, const char *why);
+
 static int dst_record(struct mig_dst *d, const struct stream_record *r, const uint8_t *p)
 {
     const char *why = "";
@@ -187,10 +190,13 @@ static int dst_record(struct mig_dst *d, const struct stream_record *r, const ui
             snprintf(d->err, sizeof(d->err), "post-copy channel: %s", strerror(-ret));
         return ret;
     case REC_BITMAP:
+        /* Faults are caught before any state is applied: restoring vCPUs
+         * makes KVM touch guest pages (kvmclock, PV areas) that may be
+         * among the missing ones. */
         ret = pc_dst_prepare(&d->pc, &d->vm->mem, p, r->length, &why);
         if (ret < 0)
             snprintf(d->err, sizeof(d->err), "post-copy: %s", why);
-        return ret;
+        return ret < 0 ? ret : dst_start_postcopy(d);
     default:
         return vm_apply_record(d->vm, r, p, d->err, sizeof(d->err));
     }
@@ -304,6 +310,27 @@ static void dst_stop_urgent(struct mig_dst *d)
     d->usock = -1;
 }
 
+/* After a recovery handshake the source either opens the urgent channel or,
+ * giving the VM up, says CANCEL on the main one. */
+static int dst_wait_urgent_or_cancel(struct mig_dst *d)
+{
+    struct pollfd pfd[2] = { { .fd = d->lfd, .events = POLLIN },
+                             { .fd = d->sock, .events = POLLIN } };
+    struct stream_record r;
+    const char *why;
+    uint8_t *p;
+
+    if (poll(pfd, 2, DST_TIMEOUT_S * 1000) <= 0 || pfd[0].revents & POLLIN)
+        return 0;
+    if (stream_get_record(&d->in, &r, &p, &why) == 0 && r.type == REC_CANCEL) {
+        dst_pc_aborted(d, "migrate-abort");
+        free(p);
+        return -ECANCELED;
+    }
+    free(p);
+    return 0;
+}
+
 /* Waits for the source to come back (it retries by itself, or the operator
  * runs migrate-recover), tells it which pages are still missing, and takes
  * the urgent channel back. The VM keeps running; vCPUs that fault wait. */
@@ -333,6 +360,8 @@ static int dst_pc_recover(struct mig_dst *d)
             free(bm);
             ret = stream_flush(&d->out);
         }
+        if (ret == 0 && dst_wait_urgent_or_cancel(d) < 0)
+            return -ECANCELED;
         if (ret == 0)
             ret = dst_accept_channel(d, MIG_FLAG_URGENT | MIG_FLAG_RECOVER, &d->usock, &d->uin,
                                      &d->uout);
@@ -452,8 +481,6 @@ static int dst_start_vm(struct mig_dst *d)
     uint64_t t0 = time_now_ns();
     int ret = state_check_complete(&d->vm->sections, d->err, sizeof(d->err));
 
-    if (ret == 0 && d->postcopy)
-        ret = dst_start_postcopy(d);
     if (ret < 0) {
         mig_send_status(&d->out, REC_RUNNING, ret, d->err);
         return ret;

@@ -88,9 +88,9 @@ int mig_abort(struct migration *m)
 
     pthread_mutex_lock(&m->lock);
     if (m->source && (m->state == MIG_POSTCOPY || m->state == MIG_POSTCOPY_PAUSED)) {
+        /* The thread sees the flag within a batch or a poll interval and
+         * tells the destination before it lets go. */
         __atomic_store_n(&m->abort_req, true, __ATOMIC_RELEASE);
-        if (m->sock >= 0)
-            shutdown(m->sock, SHUT_RDWR);
     } else {
         ret = -ENOENT;
     }

@@ -338,9 +338,10 @@ static bool pc_needed(struct pc_dst *p, uint64_t gpa)
     return needed;
 }
 
-/* Installs n contiguous pages with as few UFFDIO_COPY calls as it can: a
- * page that is already there (pre-paged and pushed) ends a call with
- * EEXIST and is stepped over. */
+/* Installs n contiguous pages with as few UFFDIO_COPY calls as it can. A
+ * page that is already there ends a call with EEXIST and is stepped over,
+ * never overwritten: it was placed by the other channel (the same page can
+ * be pushed and demanded at once), and the guest may have written it since. */
 static void pc_copy_run(struct pc_dst *p, uint64_t gpa, const uint8_t *data, uint64_t n,
                         bool demand)
 {
@@ -363,8 +364,8 @@ static void pc_copy_run(struct pc_dst *p, uint64_t gpa, const uint8_t *data, uin
         }
         pc_account(p, gpa + done * PAGE_SIZE, copied, demand);
         done += copied;
-        if (done < n && copied == 0) {
-            pc_account(p, gpa + done * PAGE_SIZE, 1, demand);   /* it was there already */
+        if (done < n && copied == 0 && errno != EAGAIN) {
+            pc_account(p, gpa + done * PAGE_SIZE, 1, demand);
             done++;
         }
     }

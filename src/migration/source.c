@@ -55,13 +55,14 @@ int src_fail(struct mig_src *s, int ret, const char *fmt, const char *detail)
 }
 
 /* Keeps the average rate under the cap by sleeping between batches. */
-static void src_rate_limit(struct mig_src *s)
+void src_rate_limit(struct mig_src *s)
 {
     uint64_t cap = s->m->params.bandwidth_bps, due, elapsed;
 
     if (!cap)
         return;
-    due = (uint64_t)((unsigned __int128)s->out.bytes * NS_PER_S / cap);
+    /* page bytes of the whole migration: they survive post-copy reconnects */
+    due = (uint64_t)((unsigned __int128)s->ps.bytes * NS_PER_S / cap);
     elapsed = time_now_ns() - s->m->start_ns;
     if (due > elapsed) {
         struct timespec ts = { .tv_sec = (time_t)((due - elapsed) / NS_PER_S),

@@ -62,6 +62,8 @@ static int pc_send_bitmap(struct mig_src *s)
     return ret;
 }
 
+static int pc_start_urgent(struct mig_src *s);
+
 static int pc_open_urgent(struct mig_src *s, uint32_t flags)
 {
     return src_open_channel(s, MIG_FLAG_URGENT | flags, &s->usock, &s->uout, &s->uin);
@@ -94,6 +96,10 @@ static int pc_switchover(struct mig_src *s)
     throttle_set(s->vm, 0);
     t1 = time_now_ns();
     ret = dirty_sync(&s->dirty) < 0 ? -EIO : pc_take_needed(s);
+    /* Faults are served from now on: applying the state on the destination
+     * (kvmclock, PV pages) may already touch missing pages. */
+    if (ret == 0)
+        ret = pc_start_urgent(s);
     if (ret == 0)
         ret = pc_send_bitmap(s);
     if (ret == 0 && (ret = state_save_sections(&s->vm->sections, &s->out, err, sizeof(err))) < 0)
@@ -241,8 +247,10 @@ static int pc_push_all(struct mig_src *s)
             if (n && pc_send_pages(s, &s->out, &s->batch, gpas, n, false) < 0)
                 return s->out.err;
             __atomic_fetch_add(&s->m->pc_pushed, n, __ATOMIC_RELAXED);
-            if (n)
+            if (n) {
                 pc_update_progress(s);
+                src_rate_limit(s);
+            }
             if (pc_aborted(s))
                 return -ECONNABORTED;
             if (__atomic_load_n(&s->urgent_broken, __ATOMIC_ACQUIRE))
@@ -347,6 +355,15 @@ static bool pc_recover_requested(struct mig_src *s)
     return req;
 }
 
+/* An abort while the link is down still reaches the destination: one
+ * recovery connection that says CANCEL instead of resuming. */
+static void pc_deliver_abort(struct mig_src *s)
+{
+    pc_close_channels(s);
+    if (src_open_channel(s, MIG_FLAG_RECOVER, &s->sock, &s->out, &s->in) == 0)
+        mig_send_status(&s->out, REC_CANCEL, -ECONNABORTED, "migrate-abort");
+}
+
 /* Waits (backing off) and reconnects until it works or the VM is given up. */
 static int pc_recover(struct mig_src *s)
 {
@@ -362,8 +379,10 @@ static int pc_recover(struct mig_src *s)
                 break;
             else
                 pc_sleep_ms(50);
-        if (pc_aborted(s))
+        if (pc_aborted(s)) {
+            pc_deliver_abort(s);
             return -ECONNABORTED;
+        }
         s->err[0] = '\0';
         if (pc_reconnect(s) == 0)
             break;
@@ -393,7 +412,6 @@ int src_postcopy(struct mig_src *s)
     src_set_state(s, MIG_POSTCOPY);
     log_info("post-copy: the VM runs on the destination; %llu pages to follow",
              (unsigned long long)s->m->pc_total_pages);
-    ret = pc_start_urgent(s);
     for (;;) {
         if (ret == 0)
             ret = pc_push_all(s);
