@@ -303,6 +303,14 @@ class Run:
         if "dst_problems" not in self.s:
             dcon.poll()
             self.s["dst_problems"] = dcon.grep(PROBLEMS)
+        self.keep_logs(src, dst)
+
+    def keep_logs(self, src, dst):
+        """The VMMs' own logs of a run that went wrong, in the sample."""
+        if self.s.get("converged") and self.s.get("verify_ok"):
+            return
+        for side, p in (("src", src), ("dst", dst)):
+            self.s[f"{side}_log_tail"] = p.output()[-3000:]
 
     def ferry_wait(self, mig, src, timeout):
         """Waits for the migrate client to exit (returns its status, None on timeout),
@@ -362,6 +370,13 @@ class Run:
         self.s["t_end_ns"] = time.monotonic_ns()
         self.s["wall_ms"] = (self.s["t_end_ns"] - self.s["t_start_ns"]) / 1e6
         info = sq.cmd("query-migrate")
+        # QEMU 7.2 sends the "completed" event before it has filled in total-time and
+        # downtime (migration_calculate_complete runs after the state change).
+        deadline = time.monotonic() + 2.0
+        while (info.get("status") == "completed" and not info.get("total-time")
+               and time.monotonic() < deadline):
+            time.sleep(0.01)
+            info = sq.cmd("query-migrate")
         self.s["report"] = info
         ram = info.get("ram", {})
         state = info.get("status", ev["data"]["status"])
@@ -394,6 +409,7 @@ class Run:
         if "dst_problems" not in self.s:
             dcon.poll()
             self.s["dst_problems"] = dcon.grep(PROBLEMS)
+        self.keep_logs(src, dst)
 
 
 # ---- summary ----------------------------------------------------------------------------------
