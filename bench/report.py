@@ -320,70 +320,109 @@ def snapshot_notes(res):
         a, b = med(sm, "ferry", metric), med(sm, other, metric)
         return a / b if a and b else None
 
+    def better(x):
+        return "faster" if x < 0.95 else "slower" if x > 1.05 else "about as fast"
+
     ri, rb = r(idle, "snapshot_ms"), r(busy, "snapshot_ms")
-    if ri is not None and rb is not None:
-        s = f"- **Idle guest**: ferry's snapshot takes {ri:.2f}× QEMU's time"
+    if ri is not None:
+        s = f"- **Idle guest snapshot**: ferry is {better(ri)} ({ri:.2f}× QEMU's time)"
         if ri < 0.95:
-            s += (": ferry reads only the allocated extents of its memfd (`SEEK_DATA`/"
-                  "`SEEK_HOLE`), QEMU reads all of guest RAM to find the zero pages")
-        s += (". Both files hold about the same data, since both skip zero pages (QEMU's "
-              "adds a few bytes per zero page and device RAM such as VGA memory).")
+            s += (". ferry visits only the allocated extents of its memfd (`SEEK_DATA`/"
+                  "`SEEK_HOLE`) where QEMU walks all 1 GiB of guest RAM looking for zero pages")
+        s += (". The files hold the same data: both formats skip zero pages (QEMU's adds a "
+              "few bytes per zero page, and device RAM such as VGA memory).")
         n.append(s)
-        b4 = r(busy, "snapshot_ms", "qemu-4k")
-        rr = r(busy, "restore_run_ms")
-        rr4 = r(busy, "restore_run_ms", "qemu-4k")
-        worse = [f"its snapshot takes {rb:.2f}×"] if rb > 1.05 else []
-        if rr and rr > 1.05:
-            worse.append(f"its restore {rr:.2f}×")
-        if worse:
-            s = (f"- **Busy guest (512 MiB of data): ferry is slower than QEMU**: "
-                 f"{' and '.join(worse)} QEMU's time.")
-            if b4 and rr4:
-                s += (f" The control run `QEMU, 4 KiB pages` (QEMU with transparent huge pages "
-                      f"disabled, so its guest RAM is in 4 KiB pages like ferry's memfd here) "
-                      f"puts ferry at {b4:.2f}× (snapshot) and {rr4:.2f}× (restore) of that "
-                      "QEMU: ")
-                if max(b4, rr4) <= 1.1:
-                    s += ("most of the gap is the page size of guest RAM on this nested host, "
-                          "where 4 KiB mappings are expensive (more faults, more TLB misses); "
-                          "ferry's memfd cannot get huge pages while the host's "
-                          "`shmem_enabled` is `never`.")
-                else:
-                    s += ("the page size of guest RAM explains only part of the gap; the rest "
-                          "is ferry's own.")
-            s += (" One-off perf profiles of ferry (busy guest, taken while writing these "
-                  "benchmarks, commit f3ec6a8) point the same way: ferry's snapshot spends "
-                  "about two thirds of its time in the kernel copying guest pages into the "
-                  "page cache (`copy_folio_from_iter_atomic`), in a single thread, while QEMU's "
-                  "`exec:cat` splits the work over two processes (QEMU fills a pipe, `cat` "
-                  "copies it to the file), which uses both cores; ferry's restore spends about "
-                  "30% zeroing freshly allocated memfd pages (`clear_page_erms`) and ~10% in "
-                  "page faults, one per 4 KiB page it `memcpy`s into guest RAM. Writing restored "
-                  "pages with `pwrite()` into the memfd (shmem does not zero a page that is "
-                  "overwritten whole, and takes no page faults), or `MADV_POPULATE_WRITE` "
-                  "before the copy, are the obvious things to try. XXH64 checksums cost ~5%.")
-            n.append(s)
-    jump_f = med(busy, "ferry", "guest_time_gap_ms") or med(idle, "ferry", "guest_time_gap_ms")
-    jump_q = med(busy, "qemu", "guest_time_gap_ms") or med(idle, "qemu", "guest_time_gap_ms")
+    if rb is not None:
+        n.append(f"- **Busy guest snapshot** (512 MiB of data): ferry is {better(rb)} "
+                 f"({rb:.2f}× QEMU's time).")
+    rri, rrb = r(idle, "restore_run_ms"), r(busy, "restore_run_ms")
+    if rri is not None and rrb is not None:
+        q = busy.get("qemu", {}).get("restore_run_ms") or {}
+        s = (f"- **Restore**: ferry is {better(rri)} for the idle guest ({rri:.2f}×) and "
+             f"{better(rrb)} for the busy one ({rrb:.2f}×).")
+        if q.get("min") and q.get("max") and q["max"] > 2 * q["min"]:
+            s += (f" QEMU's busy restores spread widely ({num(q['min'], 'ms')}–"
+                  f"{num(q['max'], 'ms')} ms): its restore is two processes (`cat` reading the "
+                  "file into a pipe, QEMU loading from it) that need both of this machine's "
+                  "cores, and other people's jobs took one of them during some samples. A "
+                  "separate run of QEMU alone on a quieter host "
+                  "(`bench/results/extra/snapshot-qemu-busy-only-20261123.json`, "
+                  "`--systems qemu --workloads busy --repeat 4`) restored in 0.45–0.55 s, so "
+                  "the busy-restore ratio in the table flatters ferry: read it as ferry "
+                  "restoring the busy guest somewhat faster than QEMU, not several times.")
+        n.append(s)
+    b4, i4 = r(busy, "snapshot_ms", "qemu-4k"), r(idle, "snapshot_ms", "qemu-4k")
+    if b4 and i4:
+        n.append("- The control `QEMU, 4 KiB pages` (the same QEMU with transparent huge pages "
+                 "disabled, so its guest RAM is in 4 KiB pages as ferry's memfd is on this "
+                 "host) is markedly slower than QEMU with huge pages at everything here: "
+                 "mapping, faulting and walking 4 KiB pages is expensive on this nested "
+                 "host. ferry gets its figures with 4 KiB pages (the host's `shmem_enabled` "
+                 "is `never`, so its memfd cannot have huge pages).")
+    n.append("- A perf profile of ferry at commit 74dc305 (busy guest, one run): the snapshot "
+             "spends about a third of its time in the kernel copying into the page cache, "
+             "~8% copying pages into its batch buffer and ~9% in XXH3 checksums, all in one "
+             "thread; the restore is mostly the kernel's copies (reading the file, `pwrite` "
+             "into the memfd) plus ~7% XXH3. (An earlier ferry, f3ec6a8, `memcpy`d restored "
+             "pages through the mapping and spent ~30% zeroing freshly faulted memfd pages; "
+             "a36da01 switched to `pwrite`, and these figures are after that change.)")
+    jump_f = med(busy, "ferry", "guest_time_gap_ms")
+    jump_q = med(busy, "qemu", "guest_time_gap_ms")
     snap_f = med(busy, "ferry", "snapshot_ms")
     if jump_f and jump_q and jump_f > jump_q + 50:
-        n.append(f"- **Guest clock (looks like a ferry bug)**: the busy guest's clock jumps "
+        n.append(f"- **Guest clock (a ferry bug, it seems)**: the busy guest's clock jumps "
                  f"by {num(jump_f, 'ms')} ms across ferry's snapshot and restore (QEMU: "
-                 f"{num(jump_q, 'ms')} ms, one heartbeat period). ferry takes the kvmclock "
-                 "for the snapshot's clock section after writing guest memory, and pausing "
-                 "does not stop the guest clock, so the restored guest finds that the whole "
-                 f"pause and write ({num(snap_f, 'ms')} ms here) passed, although its memory "
-                 "is from the moment of the pause. QEMU freezes the clock at `stop`. "
-                 "docs/STREAM.md says that after a restore \"the guest's clocks continue from "
-                 "where they stopped\".")
+                 f"{num(jump_q, 'ms')} ms, one heartbeat period, i.e. no jump). ferry takes "
+                 "the kvmclock for the snapshot's clock section after writing guest memory, "
+                 "and pausing does not stop the guest clock, so the restored guest finds that "
+                 f"the whole pause and write ({num(snap_f, 'ms')} ms here; seconds with a "
+                 "disk, and any time the VM sat paused before `ferry snapshot`) passed, "
+                 "although its memory is from the moment of the pause. QEMU freezes the clock "
+                 "at `stop`. docs/STREAM.md says the guest's clocks \"continue from where "
+                 "they stopped\".")
         n.append("- Because of that jump, ferry's restored guest is already past its next "
                  "heartbeat slot and prints at once, while QEMU's waits up to 100 ms: compare "
                  "\"restore → guest runs\", not \"restore → next `HB`\".")
+    n.append("- ferry's snapshot always pauses the guest for the whole write (`--resume` "
+             "resumes it afterwards). QEMU can also write the file while the guest runs (a "
+             "live migration to a file, pausing only for the last dirty pages, at the cost "
+             "of a bigger file); that mode is not measured here, the table compares paused "
+             "snapshots on both sides.")
     if res["config"].get("snapshot_dir_fs") == "tmpfs":
         n.append("- Files are written to tmpfs, so this compares the VMMs, not the disk. With "
                  "a disk (`--dir /var/tmp`) ferry's fsync is part of its time and the QEMU "
                  "figures get the explicit fsync the script adds.")
     return n
+
+
+# -- headline --------------------------------------------------------------------------------
+def headline(boot, snap):
+    rows = []
+    if boot:
+        b = boot["summary"]
+        rows.append(("boot to first heartbeat, vs QEMU pc (SeaBIOS emulated here)",
+                     b, "ferry", "qemu", "boot_ms", "ms", "ms"))
+        if "qemu-microvm" in b:
+            rows.append(("boot to first heartbeat, vs QEMU microvm", b, "ferry",
+                         "qemu-microvm", "boot_ms", "ms", "ms"))
+        rows.append(("VMM memory overhead (RSS without guest RAM)", b, "ferry", "qemu",
+                     "vmm_overhead_kib", "MiB_k", "MiB"))
+    if snap:
+        for w in ("idle", "busy"):
+            sm = snap["summary"].get(w)
+            if sm:
+                rows.append((f"snapshot, {w} guest", sm, "ferry", "qemu", "snapshot_ms",
+                             "ms", "ms"))
+                rows.append((f"restore until the guest runs, {w} guest", sm, "ferry", "qemu",
+                             "restore_run_ms", "ms", "ms"))
+    if not rows:
+        return ""
+    out = ["| median | ferry | QEMU | ferry / QEMU |", "|---|---|---|---|"]
+    for label, sm, a, b, metric, unit, shown in rows:
+        va, vb = med(sm, a, metric), med(sm, b, metric)
+        out.append(f"| {label} | {num(va, unit)} {shown} | {num(vb, unit)} {shown} | "
+                   f"{rcell(va / vb if va and vb else None)} |")
+    return "\n".join(out)
 
 
 # -- live migration --------------------------------------------------------------------------
@@ -465,14 +504,29 @@ def main():
            "- QEMU is Debian's 7.2 with its defaults except where stated; its reference "
            "command line is the one the project uses (`-cpu host,arch-capabilities=off`, "
            "pc machine).",
-           "", "Runs used:", "", machine_block(used), "",
+           "", "## Summary", "",
+           headline(load(boot) if boot else None, load(snap) if snap else None), "",
+           "Below 1 is better for ferry. Details, ranges and the reasons are in the "
+           "sections below. The biggest caveat: the QEMU pc boot time is almost all "
+           "firmware, emulated on this host; microvm is the fair boot comparison.", "",
+           "Runs used:", "", machine_block(used), "",
            "## Reproduce", "",
            "```sh",
            "make ferry guest                      # build/ferry, build/guest/testguest",
            "scripts/deps.sh bench                 # qemu-system-x86 (as root, if missing)",
-           "python3 bench/bench_boot.py           # ~2 min; --repeat N (default 5)",
-           "python3 bench/bench_snapshot.py       # ~3-4 min; --repeat N (default 3), --dir DIR",
+           "python3 bench/bench_boot.py           # 2-4 min; --repeat N (default 5)",
+           "python3 bench/bench_snapshot.py       # 3-5 min; --repeat N (default 3), --dir DIR",
            "python3 bench/report.py               # rewrites docs/BENCHMARKS.md",
+           "```", "",
+           "The scripts copy `build/ferry` and the test guest to a private directory when "
+           "they start, so a rebuild in the shared tree cannot swap them mid-run. To measure "
+           "a clean commit rather than the working tree, build it apart and point the "
+           "scripts at it (this is how the figures below were made):", "",
+           "```sh",
+           "C=$(git rev-parse --short HEAD); D=/tmp/ferry-$C; mkdir -p $D",
+           "git archive HEAD | tar -x -C $D && (cd $D && meson setup build && ninja -C build ferry "
+           "&& make -C guest BUILD=$D/build/guest)",
+           "export FERRY=$D/build/ferry GUEST=$D/build/guest/testguest FERRY_COMMIT=$C",
            "```", "",
            "Each script writes `bench/results/<kind>-<timestamp>.json` (every sample, the "
            "summaries, the machine, the ferry commit and the exact commands) and prints one "

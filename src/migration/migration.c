@@ -44,6 +44,14 @@ bool mig_active(struct migration *m)
     return active;
 }
 
+/* Either side: guest memory is incomplete here until post-copy is done. */
+bool mig_memory_incomplete(struct migration *m)
+{
+    enum mig_state st = __atomic_load_n(&m->state, __ATOMIC_ACQUIRE);
+
+    return !m->source && (st == MIG_POSTCOPY || st == MIG_POSTCOPY_PAUSED);
+}
+
 void mig_wait(struct migration *m)
 {
     pthread_mutex_lock(&m->lock);

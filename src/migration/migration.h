@@ -137,6 +137,9 @@ int mig_postcopy_now(struct migration *m);
 int mig_recover(struct migration *m, const char *host, const char *port);
 int mig_abort(struct migration *m);
 bool mig_active(struct migration *m);
+/* True on a destination whose post-copy has not finished: some pages are
+ * still missing, so nothing may read all of guest memory. */
+bool mig_memory_incomplete(struct migration *m);
 /* Status / report as JSON (either side). */
 json_t *mig_status_json(struct migration *m);
 const char *mig_state_name(enum mig_state s);

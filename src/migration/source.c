@@ -476,8 +476,13 @@ int mig_start(struct migration *m, struct vm *vm, const struct mig_params *p,
 {
     int ret;
 
+    if (mig_memory_incomplete(m)) {
+        snprintf(err, errlen, "this VM is still receiving its memory (post-copy)");
+        return -EBUSY;
+    }
     pthread_mutex_lock(&m->lock);
-    if (m->state == MIG_SETUP || m->state == MIG_PRECOPY || m->state == MIG_SWITCHOVER) {
+    if (m->state == MIG_SETUP || m->state == MIG_PRECOPY || m->state == MIG_SWITCHOVER ||
+        m->state == MIG_POSTCOPY || m->state == MIG_POSTCOPY_PAUSED) {
         pthread_mutex_unlock(&m->lock);
         snprintf(err, errlen, "a migration is already running");
         return -EBUSY;

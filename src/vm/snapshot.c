@@ -125,7 +125,7 @@ int vm_snapshot(struct vm *vm, const char *path, bool resume, struct snapshot_re
     int ret = 0;
 
     memset(res, 0, sizeof(*res));
-    if (vm->mig && mig_active(vm->mig)) {
+    if (vm->mig && (mig_active(vm->mig) || mig_memory_incomplete(vm->mig))) {
         snprintf(err, len, "a migration is running");
         return -EBUSY;
     }
