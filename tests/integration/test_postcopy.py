@@ -116,6 +116,11 @@ def test_manual_recover_elsewhere(vm_factory):
         first.refuse = True
         first.cut()
         wait_state(src, ("postcopy-paused",))
+        # Memory is incomplete on the destination: no snapshot, no migration out.
+        status, body = dst.api("PUT", "/v1/vm/snapshot", {"path": "/tmp/never.snap"})
+        assert status == 409, body
+        status, body = dst.api("PUT", "/v1/migration", {"uri": "tcp:127.0.0.1:9"})
+        assert status == 409 and "post-copy" in body["error"], body
         r = run_cli("migrate-recover", "--api-socket", src.sock, second.uri)
         assert r.returncode == 0, r.stderr
         assert src.wait_exit(120) == 0, src.stderr_text()
