@@ -11,6 +11,7 @@ void policy_defaults(struct policy_config *c)
         .throttle_initial = 20,
         .throttle_step = 10,
         .throttle_max = 99,
+        .settle_round_ns = 100ULL * 1000000,
     };
 }
 
@@ -45,13 +46,31 @@ static unsigned policy_next_throttle(const struct policy_config *c, unsigned now
     return next > c->throttle_max ? c->throttle_max : next;
 }
 
+/* The limit is met, but the pages still dominate the stop and one more short
+ * round would at least halve them: worth a little total time for a shorter
+ * pause (an idle or lightly written guest then stops for the fixed cost
+ * alone). */
+static bool policy_settle(const struct policy_config *c, const struct policy_input *in)
+{
+    uint64_t round_ns, pages_ns, next_pages;
+
+    if (!in->bandwidth_bps || !in->dirty_pages)
+        return false;
+    round_ns = (uint64_t)((unsigned __int128)in->dirty_pages * PAGE_BYTES * NS_PER_S /
+                          in->bandwidth_bps);
+    pages_ns = policy_expected_downtime(in) - in->fixed_cost_ns;
+    next_pages = (uint64_t)((unsigned __int128)in->dirty_rate_pps * round_ns / NS_PER_S);
+    return round_ns <= c->settle_round_ns && pages_ns > in->fixed_cost_ns / 2 &&
+           next_pages * 2 <= in->dirty_pages;
+}
+
 struct policy_decision policy_decide(const struct policy_config *c,
                                      const struct policy_input *in)
 {
     struct policy_decision d = { POLICY_CONTINUE, in->throttle, policy_expected_downtime(in) };
 
     if (in->round >= 1 && d.expected_downtime_ns <= c->downtime_limit_ns)
-        d.action = POLICY_SWITCHOVER;
+        d.action = policy_settle(c, in) ? POLICY_CONTINUE : POLICY_SWITCHOVER;
     else if (c->max_time_ns && in->elapsed_ns >= c->max_time_ns)
         d.action = c->on_timeout == ON_TIMEOUT_FORCE ? POLICY_FORCE : POLICY_FAIL;
     else if (c->auto_converge && policy_stalled(in) && in->throttle < c->throttle_max) {

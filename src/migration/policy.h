@@ -16,6 +16,7 @@ struct policy_config {
     unsigned throttle_initial;    /* percent, as QEMU: 20 */
     unsigned throttle_step;       /* percent, as QEMU: 10 */
     unsigned throttle_max;        /* percent: 99 */
+    uint64_t settle_round_ns;     /* fits, but another round this short still pays: 100 ms */
 };
 
 struct policy_input {

@@ -41,6 +41,7 @@ static void test_switchover_when_it_fits(void **state)
 
     (void)state;
     policy_defaults(&c);
+    c.settle_round_ns = 0;                              /* settling tested below */
     assert_int_equal(c.downtime_limit_ns, 300 * MS);
     d = policy_decide(&c, &in);
     assert_int_equal(d.action, POLICY_SWITCHOVER);
@@ -51,6 +52,26 @@ static void test_switchover_when_it_fits(void **state)
     assert_int_equal(policy_decide(&c, &in).action, POLICY_SWITCHOVER);
     in.round = 0;                                       /* never before the full copy */
     assert_int_equal(policy_decide(&c, &in).action, POLICY_CONTINUE);
+}
+
+/* It fits, but one more short round would halve a page-dominated stop. */
+static void test_settle(void **state)
+{
+    struct policy_config c;
+    struct policy_input in = input(2560, 100 * MIB);    /* 100 ms of pages + 5 ms */
+
+    (void)state;
+    policy_defaults(&c);
+    in.dirty_rate_pps = 5000;                           /* 500 pages in the 100 ms round */
+    assert_int_equal(policy_decide(&c, &in).action, POLICY_CONTINUE);
+    in.dirty_rate_pps = 20000;                          /* 2000 next: not halved */
+    assert_int_equal(policy_decide(&c, &in).action, POLICY_SWITCHOVER);
+    in.dirty_rate_pps = 0;
+    in.dirty_pages = 26;                                /* ~1 ms of pages < fixed/2 */
+    assert_int_equal(policy_decide(&c, &in).action, POLICY_SWITCHOVER);
+    in.dirty_pages = 25600;                             /* 1 s round: too long to settle */
+    c.downtime_limit_ns = 2000 * MS;
+    assert_int_equal(policy_decide(&c, &in).action, POLICY_SWITCHOVER);
 }
 
 static void test_max_time(void **state)
@@ -124,6 +145,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_expected_downtime),
         cmocka_unit_test(test_switchover_when_it_fits),
+        cmocka_unit_test(test_settle),
         cmocka_unit_test(test_max_time),
         cmocka_unit_test(test_auto_converge_steps),
         cmocka_unit_test(test_bitmap),
