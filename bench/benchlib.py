@@ -275,8 +275,11 @@ def pin_binaries(tmpdir):
 
 
 def show_cmd(cmd):
-    """A command line for humans: shell-quoted, paths inside the repository relative."""
-    return shlex.join(_pinned.get(a, a).replace(ROOT + "/", "") for a in cmd)
+    """A command line for humans: shell-quoted, paths inside the repository relative,
+    ferry and the test guest under their usual names (build/ferry, build/guest/testguest)
+    even when the run used copies or a build elsewhere (see FERRY/GUEST)."""
+    names = {FERRY: "build/ferry", GUEST: "build/guest/testguest"}
+    return shlex.join(names.get(a, _pinned.get(a, a)).replace(ROOT + "/", "") for a in cmd)
 
 
 def ferry_api(sock, method, path, timeout=10):

@@ -16,6 +16,7 @@ import glob
 import importlib
 import json
 import os
+import re
 import statistics
 import sys
 
@@ -39,6 +40,12 @@ def newest(kind):
 def load(path):
     with open(path) as f:
         return json.load(f)
+
+
+def tidy(cmd):
+    """Commands from results made with FERRY/GUEST elsewhere: show the usual paths."""
+    return re.sub(r"\S*/build/guest/testguest", "build/guest/testguest",
+                  re.sub(r"\S*/build/ferry(?=\s)", "build/ferry", cmd))
 
 
 def rel(path):
@@ -127,8 +134,9 @@ def machine_block(results):
             + f", test guest sha256 `{m.get('testguest_sha256')}`; {m.get('qemu_version')}; "
             f"Linux {m.get('kernel')}, {m.get('cpu_model')}, {m.get('nproc')} CPUs, "
             f"{m.get('mem_total_gib')} GiB, KVM module {', '.join(m.get('kvm_module') or [])}; "
-            f"load average at start {m.get('loadavg_at_start', ['?'])[0]}. Command: "
-            f"`{res.get('config', {}).get('argv', '?')}`.")
+            f"load average at start {m.get('loadavg_at_start', ['?'])[0]}."
+            + (f" Command: `{res['config']['argv']}`." if res.get("config", {}).get("argv")
+               else ""))
     return "\n".join(lines)
 
 
@@ -179,7 +187,7 @@ def boot_section(path, res):
     out += ["Commands (CONSOLE, sockets: temporary files):", "", "```sh"]
     for s in systems:
         out.append(f"# {NAMES.get(s, s)}")
-        out.append(cfg["commands"][s])
+        out.append(tidy(cfg["commands"][s]))
     out += ["```"]
     return "\n".join(out)
 
@@ -286,10 +294,10 @@ def snapshot_section(path, res):
     notes = snapshot_notes(res)
     if notes:
         out += ["Notes:", ""] + notes + [""]
-    out += ["Commands (WORKLOAD: the guest command line above):", "", "```sh"]
+    out += ["Commands (WORKLOAD: the guest command line above, quoted):", "", "```sh"]
     for s in cfg["systems"]:
         out.append(f"# {NAMES.get(s, s)}")
-        out += [c if c.startswith(("build/", "qemu")) else "#   " + c
+        out += ["#   " + c if c.startswith(("QMP:", "both ")) else tidy(c)
                 for c in cfg["commands"][s]]
     out += ["```"]
     return "\n".join(out)

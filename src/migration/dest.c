@@ -179,11 +179,15 @@ static void dst_pc_aborted(struct mig_dst *d, const char *why);
 static int dst_record(struct mig_dst *d, const struct stream_record *r, const uint8_t *p)
 {
     const char *why = "";
+    uint8_t ack[5];
     int ret;
 
     switch (r->type) {
     case REC_ROUND:
-        return 0;
+        /* Everything before it is applied: the source decides on an empty pipe. */
+        memset(ack, 0, sizeof(ack));
+        memcpy(ack, p, MIN(r->length, 4));
+        return mig_send_ctrl(&d->out, REC_ROUND_ACK, ack, sizeof(ack));
     case REC_POSTCOPY_ADVISE:
         ret = dst_accept_channel(d, MIG_FLAG_URGENT, &d->usock, &d->uin, &d->uout);
         if (ret < 0)
@@ -323,7 +327,7 @@ static int dst_wait_urgent_or_cancel(struct mig_dst *d)
     if (poll(pfd, 2, DST_TIMEOUT_S * 1000) <= 0 || pfd[0].revents & POLLIN)
         return 0;
     if (stream_get_record(&d->in, &r, &p, &why) == 0 && r.type == REC_CANCEL) {
-        dst_pc_aborted(d, "migrate-abort");
+        dst_pc_aborted(d, "by the source");
         free(p);
         return -ECANCELED;
     }
@@ -406,9 +410,12 @@ static void dst_pc_finish(struct mig_dst *d)
 /* The source gave the VM up: nothing can bring the missing pages back. */
 static void dst_pc_aborted(struct mig_dst *d, const char *why)
 {
+    static int once;
     char msg[256];
 
-    snprintf(msg, sizeof(msg), "post-copy aborted by the source (%s): %llu pages never "
+    if (__atomic_exchange_n(&once, 1, __ATOMIC_ACQ_REL))
+        return;
+    snprintf(msg, sizeof(msg), "post-copy aborted (%s): %llu pages never "
              "arrived; the VM cannot continue and is stopped", why,
              (unsigned long long)pc_dst_remaining(&d->pc));
     log_err("%s", msg);
@@ -454,7 +461,7 @@ static void *dst_pc_thread(void *arg)
         if (r.type == REC_PAGES)
             pc_dst_place(&d->pc, p, r.length, false, &why);
         else if (r.type == REC_CANCEL) {
-            dst_pc_aborted(d, r.length > 5 ? (const char *)p + 4 : "abort");
+            dst_pc_aborted(d, "by the source");
             free(p);
             return NULL;
         }
@@ -495,6 +502,18 @@ static int dst_start_vm(struct mig_dst *d)
         d->thread_started = ret == 0;
     }
     return ret;
+}
+
+int mig_incoming_abort(struct migration *m)
+{
+    struct mig_dst *d = dst_current;
+    enum mig_state st = __atomic_load_n(&m->state, __ATOMIC_ACQUIRE);
+
+    if (!d || (st != MIG_POSTCOPY && st != MIG_POSTCOPY_PAUSED))
+        return -ENOENT;
+    __atomic_store_n(&d->stop, true, __ATOMIC_RELEASE);
+    dst_pc_aborted(d, "migrate-abort on the destination");
+    return 0;
 }
 
 /* At exit: a post-copy still running is stopped (the VM is going away). */

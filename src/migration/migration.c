@@ -89,11 +89,14 @@ int mig_recover(struct migration *m, const char *host, const char *port)
     return ret;
 }
 
-/* Giving the VM up: only meaningful once post-copy has split it. */
+/* Giving the VM up: only meaningful once post-copy has split it. On the
+ * destination it is the way out when the source can no longer say so. */
 int mig_abort(struct migration *m)
 {
     int ret = 0;
 
+    if (!m->source)
+        return mig_incoming_abort(m);
     pthread_mutex_lock(&m->lock);
     if (m->source && (m->state == MIG_POSTCOPY || m->state == MIG_POSTCOPY_PAUSED)) {
         /* The thread sees the flag within a batch or a poll interval and

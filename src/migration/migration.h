@@ -24,6 +24,7 @@ enum mig_rec_type {
     REC_POSTCOPY_ADVISE = 20,  /* src -> dst: about to open the urgent channel */
     REC_PAGE_REQ = 21,  /* dst -> src, urgent channel: {u64 gpa} a vCPU faulted on */
     REC_POSTCOPY_DONE = 22,    /* dst -> src: every page has arrived */
+    REC_ROUND_ACK = 23, /* dst -> src: everything up to that ROUND is applied {u32 round} */
 };
 
 /* proto_flags of a connection's HELLO. */
@@ -152,6 +153,8 @@ int mig_incoming(struct migration *m, struct vm *vm, struct run_args *a,
 
 /* Stops a destination's post-copy threads at exit. */
 void mig_incoming_stop(struct migration *m);
+/* Destination: give a post-copy up (the VM stops, exit 1); -ENOENT otherwise. */
+int mig_incoming_abort(struct migration *m);
 
 /* Control records. */
 struct stream_io;

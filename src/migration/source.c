@@ -232,6 +232,22 @@ static void src_update_bandwidth(struct mig_src *s, uint64_t bytes, uint64_t ns)
         s->bw_bps = cap;
 }
 
+/* Waits until the destination has applied everything sent so far, so that
+ * nothing is still queued in socket buffers when the VM is paused (it would
+ * have to drain inside the downtime) and the round's rate is end to end. */
+static int src_wait_round_ack(struct mig_src *s)
+{
+    uint8_t buf[MIG_CTRL_MAX];
+    char why[256];
+    uint32_t len;
+    int ret;
+
+    do
+        ret = chan_read_ctrl(&s->in, REC_ROUND_ACK, buf, &len, why, sizeof(why));
+    while (ret == -EAGAIN && !src_cancelled(s) && (s->in.err = 0) == 0);
+    return ret < 0 ? src_fail(s, ret, "waiting for the destination: %.200s", why) : 0;
+}
+
 /* One round: copy (round 1: all; later: the dirty set), then sync the log
  * and ask the policy. Returns the policy's action. */
 static int src_round(struct mig_src *s, unsigned round, struct policy_decision *d)
@@ -245,6 +261,8 @@ static int src_round(struct mig_src *s, unsigned round, struct policy_decision *
 
     if (ret == 0)
         ret = mig_send_ctrl(&s->out, REC_ROUND, &round, sizeof(round));
+    if (ret == 0)
+        ret = src_wait_round_ack(s);
     dirty = ret == 0 ? dirty_sync(&s->dirty) : ret;
     if (dirty < 0)
         return src_fail(s, (int)dirty, "%.200s", s->err[0] ? s->err : "dirty log sync failed");

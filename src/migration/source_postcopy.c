@@ -291,9 +291,10 @@ static int pc_wait_done(struct mig_src *s)
         struct pollfd pfd = { .fd = s->sock, .events = POLLIN };
         int ret;
 
-        if (pc_aborted(s))
-            return -ECONNABORTED;
+        /* A DONE already here wins over an abort that came too late. */
         if (s->in.pos == s->in.len && poll(&pfd, 1, 200) == 0) {
+            if (pc_aborted(s))
+                return -ECONNABORTED;
             /* A quiet destination is still placing pages; a dead urgent
              * channel without DONE for long is a broken link. */
             if (!__atomic_load_n(&s->urgent_broken, __ATOMIC_ACQUIRE))

@@ -364,6 +364,8 @@ int vm_pause(struct vm *vm)
         pthread_cond_wait(&vm->cond, &vm->lock);
     vm->state = vm->stop_req ? vm->state : VM_PAUSED;
     vm->paused_since_ns = time_now_ns();
+    if (!vm->stop_req)
+        vm_clock_freeze(vm);
     pthread_mutex_unlock(&vm->lock);
     return vm->stop_req ? -ESHUTDOWN : 0;
 }
@@ -375,6 +377,7 @@ int vm_resume(struct vm *vm)
         pthread_mutex_unlock(&vm->lock);
         return -EBUSY;
     }
+    vm_clock_thaw(vm);
     __atomic_store_n(&vm->pause_req, false, __ATOMIC_RELEASE);
     vm->state = VM_RUNNING;
     vm->paused_total_ns += time_now_ns() - vm->paused_since_ns;

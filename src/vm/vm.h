@@ -101,6 +101,11 @@ struct vm {
     bool clock_follow_realtime;   /* migration: guest time advances across the gap */
     struct snapshot_progress snap;
     struct migration *mig;    /* this VMM's migration, either side */
+    /* The guest's clocks stop while it is paused (as on QEMU's stop/cont):
+     * captured when the vCPUs park, saved in snapshots, put back on resume. */
+    bool clock_frozen;
+    struct kvm_clock_data frozen_clock;
+    uint64_t frozen_tsc[VM_MAX_VCPUS];
     unsigned throttle_pct;
     pthread_t throttle_thread;
     bool throttle_thread_started;
@@ -124,6 +129,9 @@ uint64_t vm_uptime_ns(struct vm *vm);
 
 /* vm_state.c: registers every state section in stream order. */
 int vm_state_register(struct vm *vm);
+/* Captures kvmclock and the TSCs as the vCPUs stop; puts kvmclock back. */
+void vm_clock_freeze(struct vm *vm);
+void vm_clock_thaw(struct vm *vm);
 
 /* snapshot.c */
 enum snapshot_state { SNAP_IDLE, SNAP_SAVING, SNAP_DONE, SNAP_FAILED };

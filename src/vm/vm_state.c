@@ -76,6 +76,26 @@ static int tsc_set(struct vcpu *vcpu, uint64_t tsc)
     return ioctl(vcpu->fd, KVM_SET_MSRS, &m) == 1 ? 0 : -EIO;
 }
 
+void vm_clock_freeze(struct vm *vm)
+{
+    vm->clock_frozen = ioctl(vm->vm_fd, KVM_GET_CLOCK, &vm->frozen_clock) == 0;
+    for (unsigned i = 0; i < vm->ncpus && vm->clock_frozen; i++)
+        vm->clock_frozen = tsc_get(&vm->vcpus[i], &vm->frozen_tsc[i]) == 0;
+    if (!vm->clock_frozen)
+        log_warn("pause: cannot read the guest clock; guest time will run on");
+}
+
+/* The TSCs run on; kvmclock, which the guest reads its time from, resumes
+ * where it stopped. */
+void vm_clock_thaw(struct vm *vm)
+{
+    struct kvm_clock_data c = { .clock = vm->frozen_clock.clock };
+
+    if (vm->clock_frozen && ioctl(vm->vm_fd, KVM_SET_CLOCK, &c) < 0)
+        log_warn("resume: KVM_SET_CLOCK: %s", strerror(errno));
+    vm->clock_frozen = false;
+}
+
 static int clock_check_tsc_khz(struct state_walker *w, struct vm *vm, uint32_t khz)
 {
     int here = ioctl(vm->vcpus[0].fd, KVM_GET_TSC_KHZ, 0);
@@ -94,7 +114,9 @@ static int clock_walk_tscs(struct state_walker *w, struct vm *vm, uint64_t *tsc)
     uint32_t n = vm->ncpus;
 
     for (uint32_t i = 0; i < n && walk_saving(w) && !w->err; i++)
-        if (tsc_get(&vm->vcpus[i], &tsc[i]) < 0)
+        if (vm->clock_frozen)
+            tsc[i] = vm->frozen_tsc[i];   /* as they were when the VM paused */
+        else if (tsc_get(&vm->vcpus[i], &tsc[i]) < 0)
             walk_fail(w, -EIO, "reading a vCPU TSC");
     walk_count(w, &n, VM_MAX_VCPUS, "vcpu count");
     if (!w->err && n != vm->ncpus)
@@ -113,7 +135,9 @@ static int clock_state_walk(struct state_walker *w, void *obj)
     uint32_t khz = (uint32_t)ioctl(vm->vcpus[0].fd, KVM_GET_TSC_KHZ, 0);
 
     memset(&clock, 0, sizeof(clock));
-    if (walk_saving(w))
+    if (walk_saving(w) && vm->clock_frozen)
+        clock = vm->frozen_clock;         /* the moment the guest stopped */
+    else if (walk_saving(w))
         vm_ioctl_walk(w, vm, KVM_GET_CLOCK, &clock, "KVM_GET_CLOCK");
     WALK_FIELD(w, &clock.clock);
     walk_u32(w, &clock.flags, "kvmclock flags");

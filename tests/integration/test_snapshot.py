@@ -183,3 +183,27 @@ def test_snapshot_api_errors(busy_vm, tmp_path):
                                {"path": "/nonexistent/dir/x.snap", "resume": True})
     assert status >= 400 and "No such file" in body["error"]
     assert busy_vm.api("GET", "/v1/vm")[1]["state"] == "running", "failed snapshot stopped the VM"
+
+
+def test_guest_clock_stops_while_paused(vm_factory, tmp_path):
+    """A paused guest's clock stops (as with QEMU's stop/cont): neither a long
+    pause nor the time a snapshot takes shows up as elapsed guest time."""
+    vm = vm_factory(cpus=2, memory=256, cmdline="dirtier.mib=32")
+    vm.wait_for(r"^VERIFY ok", timeout=20)
+    vm.wait_api()
+    assert run_cli("pause", "--api-socket", vm.sock).returncode == 0
+    before = vm.console.refresh()
+    time.sleep(2.0)
+    take_snapshot(vm, tmp_path / "p.snap")
+    time.sleep(1.0)
+    assert run_cli("resume", "--api-socket", vm.sock).returncode == 0
+    vm.wait_for(r"^HB \d+ ", timeout=5, start=len(before))
+    hbs = vm.heartbeats()
+    gaps = [(b[1] - a[1]) / 1e6 for a, b in zip(hbs, hbs[1:])]
+    assert max(gaps) < 400, f"guest time jumped across the pause: {max(gaps):.0f} ms"
+    vm.close()
+    new = restore(vm_factory, tmp_path / "p.snap")
+    new.wait_for(r"^HB \d+ ", timeout=10)
+    first = new.heartbeats()[0]
+    last = [h for h in vm.heartbeats() if h[0] == first[0] - 1][0]
+    assert (first[1] - last[1]) / 1e6 < 400, "the restored guest saw the pause as elapsed"
