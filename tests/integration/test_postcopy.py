@@ -186,3 +186,14 @@ def test_abort_refused_before_postcopy(vm_factory):
     assert r.returncode == 1
     r = run_cli("migrate", "--api-socket", src.sock, "tcp:127.0.0.1:1", "--mode", "sideways")
     assert r.returncode != 0
+
+
+def test_hybrid_after_n_rounds(vm_factory):
+    src = source(vm_factory, memory=1024, cmdline="dirtier.mib=256 dirtier.rate=-1")
+    dst, port = destination(vm_factory)
+    rc, rep, err = migrate(src, f"tcp:127.0.0.1:{port}", "--mode", "hybrid",
+                           "--postcopy-after-rounds", "3", "--downtime-ms", "1")
+    assert rc == 0, err
+    assert len(rep["rounds"]) == 3, [r["round"] for r in rep["rounds"]]
+    assert rep["postcopy"]["pages_total"] > 0
+    finished_on(src, dst, rep)
