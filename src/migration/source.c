@@ -353,6 +353,24 @@ int src_wait_running(struct mig_src *s, uint64_t *resume_rt, uint64_t *apply_ns)
     return 0;
 }
 
+/* The start of every switchover: the vCPUs stop (unless the user had paused
+ * them) and op_lock is held until the end, so no pause, resume or snapshot
+ * request interleaves. */
+int src_stop_vm(struct mig_src *s)
+{
+    int ret;
+
+    pthread_mutex_lock(&s->vm->op_lock);
+    s->op_locked = true;
+    s->was_paused = s->vm->state == VM_PAUSED;
+    ret = s->was_paused ? 0 : vm_pause(s->vm);
+    if (ret < 0)
+        return src_fail(s, ret, "pausing the VM: %.200s", strerror(-ret));
+    s->paused = !s->was_paused;
+    throttle_set(s->vm, 0);
+    return 0;
+}
+
 /* Stop-and-copy: everything after vm_pause() counts as downtime. */
 static int src_switchover(struct mig_src *s)
 {
@@ -363,15 +381,9 @@ static int src_switchover(struct mig_src *s)
     int ret;
 
     src_set_state(s, MIG_SWITCHOVER);
-    /* Held until the end: no pause, resume or snapshot request interleaves. */
-    pthread_mutex_lock(&s->vm->op_lock);
-    s->op_locked = true;
-    s->was_paused = s->vm->state == VM_PAUSED;
-    ret = s->was_paused ? 0 : vm_pause(s->vm);
+    ret = src_stop_vm(s);
     if (ret < 0)
-        return src_fail(s, ret, "pausing the VM: %.200s", strerror(-ret));
-    s->paused = !s->was_paused;
-    throttle_set(s->vm, 0);
+        return ret;
     t1 = time_now_ns();
     normal0 = s->ps.normal + s->ps.zero;
     ret = dirty_sync(&s->dirty) < 0 ? -EIO : src_send_dirty(s, false);

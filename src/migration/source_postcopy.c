@@ -15,7 +15,6 @@
 
 #include "migration/channel.h"
 #include "migration/source_internal.h"
-#include "migration/throttle.h"
 #include "util/log.h"
 #include "util/util.h"
 
@@ -86,14 +85,9 @@ static int pc_switchover(struct mig_src *s)
         return src_fail(s, ret, "opening the post-copy channel: %.200s", strerror(-ret));
     t0 = time_now_ns();   /* the downtime starts here, with the pause */
     rt0 = realtime_ns();
-    pthread_mutex_lock(&s->vm->op_lock);
-    s->op_locked = true;
-    s->was_paused = s->vm->state == VM_PAUSED;
-    ret = s->was_paused ? 0 : vm_pause(s->vm);
+    ret = src_stop_vm(s);
     if (ret < 0)
-        return src_fail(s, ret, "pausing the VM: %.200s", strerror(-ret));
-    s->paused = !s->was_paused;
-    throttle_set(s->vm, 0);
+        return ret;
     t1 = time_now_ns();
     ret = dirty_sync(&s->dirty) < 0 ? -EIO : pc_take_needed(s);
     /* Faults are served from now on: applying the state on the destination
