@@ -126,6 +126,16 @@ def test_triple_fault_is_a_clear_error(vm_factory, tmp_path):
     assert "triple fault" in vm.stderr_text()
 
 
+def test_guest_reset_exits_cleanly(vm_factory, tmp_path):
+    # out 0x06 to the reset control register 0xcf9, as Linux's reboot does.
+    code = bytes.fromhex("66baf90c" "b006" "ee" "f4" "ebfd")
+    kernel = tmp_path / "reset.elf"
+    kernel.write_bytes(make_elf(code))
+    vm = vm_factory(kernel=str(kernel), api_socket=False)
+    assert vm.wait_exit(20) == 0
+    assert "guest reset" in vm.stderr_text()
+
+
 def test_unknown_io_is_ignored(vm_factory, tmp_path):
     # Reads port 0x1234 (absent: all ones), writes the low byte to COM1, powers off.
     code = bytes.fromhex(
