@@ -194,6 +194,12 @@ static int dst_record(struct mig_dst *d, const struct stream_record *r, const ui
             snprintf(d->err, sizeof(d->err), "post-copy channel: %s", strerror(-ret));
         return ret;
     case REC_BITMAP:
+        if (r->flags & REC_BITMAP_PROVISIONAL) {
+            ret = pc_dst_discard_early(&d->vm->mem, p, r->length, &d->pc.discarded, &why);
+            if (ret < 0)
+                snprintf(d->err, sizeof(d->err), "post-copy: %s", why);
+            return ret;
+        }
         /* Faults are caught before any state is applied: restoring vCPUs
          * makes KVM touch guest pages (kvmclock, PV areas) that may be
          * among the missing ones. */

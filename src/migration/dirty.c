@@ -71,7 +71,8 @@ int dirty_start(struct dirty_log *d, int vm_fd, struct guest_mem *mem)
         d->slots[i].gpa = mem->regions[i].gpa;
         d->slots[i].pages = mem->regions[i].size / PAGE_SIZE;
         d->slots[i].bitmap = calloc(bitmap_words(d->slots[i].pages), 8);
-        if (!d->slots[i].bitmap) {
+        d->slots[i].scratch = calloc(bitmap_words(d->slots[i].pages), 8);
+        if (!d->slots[i].bitmap || !d->slots[i].scratch) {
             dirty_stop(d);
             return -ENOMEM;
         }
@@ -93,7 +94,8 @@ void dirty_stop(struct dirty_log *d)
     }
     for (unsigned i = 0; i < d->nslots; i++) {
         free(d->slots[i].bitmap);
-        d->slots[i].bitmap = NULL;
+        free(d->slots[i].scratch);
+        d->slots[i].bitmap = d->slots[i].scratch = NULL;
     }
     d->enabled = false;
 }
@@ -104,13 +106,14 @@ int64_t dirty_sync(struct dirty_log *d)
 
     for (unsigned i = 0; i < d->nslots; i++) {
         struct dirty_slot *s = &d->slots[i];
-        struct kvm_dirty_log log = { .slot = i, .dirty_bitmap = s->bitmap };
+        struct kvm_dirty_log log = { .slot = i, .dirty_bitmap = s->scratch };
 
         if (ioctl(d->vm_fd, KVM_GET_DIRTY_LOG, &log) < 0) {
             int err = -errno;
             log_err("memory slot %u: KVM_GET_DIRTY_LOG: %s", i, strerror(errno));
             return err;
         }
+        bitmap_or(s->bitmap, s->scratch, s->pages);
         mem_collect_writes(d->mem, i, s->bitmap);
         total += (int64_t)bitmap_count(s->bitmap, s->pages);
     }

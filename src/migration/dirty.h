@@ -14,6 +14,7 @@ struct dirty_slot {
     uint64_t gpa;
     uint64_t pages;
     uint64_t *bitmap;       /* one bit per page, 64-bit words */
+    uint64_t *scratch;      /* KVM's log lands here, then is OR-ed in */
 };
 
 struct dirty_log {
@@ -33,8 +34,9 @@ static inline uint64_t bitmap_words(uint64_t bits) { return (bits + 63) / 64; }
 
 int dirty_start(struct dirty_log *d, int vm_fd, struct guest_mem *mem);
 void dirty_stop(struct dirty_log *d);
-/* Fetches KVM's log for every slot into the bitmaps (OR-ed with ferry's own
- * writes); returns the number of dirty pages. Does not re-protect. */
+/* ORs KVM's log and ferry's own writes into the bitmaps (the sender clears
+ * the words it has sent); returns the number of dirty pages. Does not
+ * re-protect. */
 int64_t dirty_sync(struct dirty_log *d);
 /* Re-protects (clears) 64 pages from first (a multiple of 64) in a slot, so
  * writes from now on are caught for the next round. */

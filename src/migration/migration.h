@@ -31,6 +31,10 @@ enum mig_rec_type {
 #define MIG_FLAG_URGENT  1u     /* this connection is the post-copy urgent channel */
 #define MIG_FLAG_RECOVER 2u     /* reconnecting to resume a broken post-copy */
 
+/* Flag of a REC_BITMAP: pages certainly needed, sent before the pause so the
+ * destination can drop its stale copies early; the final bitmap follows. */
+#define REC_BITMAP_PROVISIONAL 8u
+
 /* Flag of the REC_END record: the destination runs in post-copy. */
 #define REC_END_POSTCOPY 4u
 

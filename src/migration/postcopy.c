@@ -157,6 +157,39 @@ static void pc_punch_needed(struct guest_mem *mem, unsigned region, const uint64
     }
 }
 
+/* Inside the downtime: only what was not dropped before the pause. */
+static void pc_punch_late(struct guest_mem *mem, unsigned i, const struct pc_bitmap *b,
+                          const struct pc_bitmap *early)
+{
+    uint64_t words = bitmap_words(b->r[i].pages), *late;
+
+    if (i >= early->n || !early->r[i].bits) {
+        pc_punch_needed(mem, i, b->r[i].bits, b->r[i].pages);
+        return;
+    }
+    late = malloc(words * 8);
+    if (!late) {
+        pc_punch_needed(mem, i, b->r[i].bits, b->r[i].pages);
+        return;
+    }
+    for (uint64_t w = 0; w < words; w++)
+        late[w] = b->r[i].bits[w] & ~early->r[i].bits[w];
+    pc_punch_needed(mem, i, late, b->r[i].pages);
+    free(late);
+}
+
+int pc_dst_discard_early(struct guest_mem *mem, const uint8_t *bitmap, uint64_t len,
+                         struct pc_bitmap *done, const char **why)
+{
+    int ret;
+
+    pc_bitmap_free(done);
+    ret = pc_bitmap_decode(done, mem, bitmap, len, why);
+    for (unsigned i = 0; ret == 0 && i < done->n; i++)
+        pc_punch_needed(mem, i, done->r[i].bits, done->r[i].pages);
+    return ret;
+}
+
 /* Stale copies of the pages still needed are dropped, so touching them
  * faults instead of reading old data. */
 int pc_dst_prepare(struct pc_dst *p, struct guest_mem *mem, const uint8_t *bitmap,
@@ -164,7 +197,10 @@ int pc_dst_prepare(struct pc_dst *p, struct guest_mem *mem, const uint8_t *bitma
 {
     int ret;
 
+    struct pc_bitmap early = p->discarded;   /* survives the reset below */
+
     memset(p, 0, sizeof(*p));
+    p->discarded = early;
     p->mem = mem;
     p->uffd = p->stop_efd = -1;
     pthread_mutex_init(&p->lock, NULL);
@@ -180,8 +216,9 @@ int pc_dst_prepare(struct pc_dst *p, struct guest_mem *mem, const uint8_t *bitma
         p->req_ns[i] = calloc(b->r[i].pages, sizeof(uint64_t));
         if (!p->req_ns[i])
             return *why = "out of memory", -ENOMEM;
-        pc_punch_needed(mem, i, b->r[i].bits, b->r[i].pages);
+        pc_punch_late(mem, i, b, &p->discarded);
     }
+    pc_bitmap_free(&p->discarded);
     return p->st.lat_us ? 0 : (*why = "out of memory", -ENOMEM);
 }
 

@@ -55,6 +55,7 @@ struct pc_dst {
     struct pc_bitmap needed;
     uint64_t *req_ns[MEM_MAX_REGIONS];   /* request time per page, 0 = not requested */
     uint64_t remaining;
+    struct pc_bitmap discarded;  /* holes already punched before the pause */
     struct pc_stats st;
     pthread_t fault_thread;
     bool fault_thread_started;
@@ -67,6 +68,9 @@ struct pc_dst {
 
 int pc_dst_prepare(struct pc_dst *p, struct guest_mem *mem, const uint8_t *bitmap,
                    uint64_t len, const char **why);
+/* Before the pause: drops the stale copies of pages certainly needed. */
+int pc_dst_discard_early(struct guest_mem *mem, const uint8_t *bitmap, uint64_t len,
+                         struct pc_bitmap *done, const char **why);
 /* Registers guest memory with userfaultfd and starts the fault thread. */
 int pc_dst_start(struct pc_dst *p);
 /* Places a REC_PAGES payload with UFFDIO_COPY; demand = came on the urgent channel. */

@@ -169,6 +169,7 @@ static int src_send_word(struct mig_src *s, unsigned slot, uint64_t w, bool live
     uint64_t bits = sl->bitmap[w];
     int ret = live ? dirty_clear_chunk(&s->dirty, slot, w * 64) : 0;
 
+    sl->bitmap[w] = 0;   /* sent: the next sync ORs in what is dirtied again */
     while (bits && ret == 0) {
         uint64_t gpa = sl->gpa + (w * 64 + (uint64_t)__builtin_ctzll(bits)) * PAGE_SIZE;
         ret = src_add_page(s, gpa, mem_ptr(&s->vm->mem, gpa, PAGE_SIZE), true);
@@ -235,7 +236,7 @@ static void src_update_bandwidth(struct mig_src *s, uint64_t bytes, uint64_t ns)
 /* Waits until the destination has applied everything sent so far, so that
  * nothing is still queued in socket buffers when the VM is paused (it would
  * have to drain inside the downtime) and the round's rate is end to end. */
-static int src_wait_round_ack(struct mig_src *s)
+int src_wait_round_ack(struct mig_src *s)
 {
     uint8_t buf[MIG_CTRL_MAX];
     char why[256];

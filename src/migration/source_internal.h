@@ -49,6 +49,7 @@ int src_flush_batch(struct mig_src *s);
 /* Sleeps as long as it takes to keep the page rate under --bandwidth. */
 void src_rate_limit(struct mig_src *s);
 int src_stop_vm(struct mig_src *s);
+int src_wait_round_ack(struct mig_src *s);
 int src_wait_running(struct mig_src *s, uint64_t *resume_rt, uint64_t *apply_ns);
 int src_add_page(struct mig_src *s, uint64_t gpa, const uint8_t *hva, bool zero_marker);
 /* Opens a connection to the destination and sends a handshake with flags. */

@@ -68,6 +68,35 @@ static int pc_open_urgent(struct mig_src *s, uint32_t flags)
     return src_open_channel(s, MIG_FLAG_URGENT | flags, &s->usock, &s->uout, &s->uin);
 }
 
+/* Before the pause: the pages dirty so far will be needed whatever happens
+ * next (dirty bits only accumulate now), so the destination drops its stale
+ * copies of them while the guest still runs here, and only the few pages
+ * dirtied in the last moments are left for the downtime. */
+static int pc_send_provisional(struct mig_src *s)
+{
+    struct pc_bitmap now = { .n = s->dirty.nslots };
+    uint8_t *buf;
+    uint64_t len;
+    uint32_t round = 0;
+    int ret = dirty_sync(&s->dirty) < 0 ? -EIO : 0;
+
+    for (unsigned i = 0; i < now.n; i++) {
+        now.r[i].gpa = s->dirty.slots[i].gpa;
+        now.r[i].pages = s->dirty.slots[i].pages;
+        now.r[i].bits = s->dirty.slots[i].bitmap;   /* borrowed, not freed here */
+    }
+    if (ret == 0 && (ret = pc_bitmap_encode(&now, &buf, &len)) == 0) {
+        ret = stream_put_record(&s->out, REC_BITMAP, 0, 0, 1,
+                                REC_FLAG_MANDATORY | REC_BITMAP_PROVISIONAL, buf, len);
+        free(buf);
+    }
+    if (ret == 0)
+        ret = mig_send_ctrl(&s->out, REC_ROUND, &round, sizeof(round));
+    if (ret == 0)
+        ret = src_wait_round_ack(s);
+    return ret < 0 ? src_fail(s, ret, "preparing post-copy: %.200s", strerror(-ret)) : 0;
+}
+
 /* Pause, then: needed bitmap, vCPU/device state, END(post-copy). The
  * downtime ends when the destination says RUNNING. */
 static int pc_switchover(struct mig_src *s)
@@ -83,6 +112,9 @@ static int pc_switchover(struct mig_src *s)
         ret = pc_open_urgent(s, 0);
     if (ret < 0)
         return src_fail(s, ret, "opening the post-copy channel: %.200s", strerror(-ret));
+    ret = pc_send_provisional(s);
+    if (ret < 0)
+        return ret;
     t0 = time_now_ns();   /* the downtime starts here, with the pause */
     rt0 = realtime_ns();
     ret = src_stop_vm(s);
@@ -112,14 +144,16 @@ static int pc_switchover(struct mig_src *s)
     return ret < 0 ? src_fail(s, ret, "switching to post-copy: %.200s", strerror(-ret)) : 0;
 }
 
-/* Takes up to n still-needed pages from first on (test and clear). */
+/* Takes the still-needed pages among the n pages from first (test and
+ * clear); never looks further, so a sparse bitmap costs no more to walk. */
 static unsigned pc_take(struct mig_src *s, unsigned region, uint64_t first, unsigned n,
                         uint64_t *gpas)
 {
     struct pc_bitmap *b = &s->needed;
+    uint64_t end = MIN(first + n, b->r[region].pages);
     unsigned got = 0;
 
-    for (uint64_t pg = first; pg < b->r[region].pages && got < n; pg++)
+    for (uint64_t pg = first; pg < end; pg++)
         if (pc_bitmap_test_clear(b, region, pg))
             gpas[got++] = b->r[region].gpa + pg * PAGE_SIZE;
     return got;
@@ -236,7 +270,8 @@ static int pc_push_all(struct mig_src *s)
         for (uint64_t pg = 0; pg < b->r[i].pages; pg += 64) {
             unsigned n;
             pthread_mutex_lock(&s->pc_lock);
-            n = pc_take(s, i, pg, 64, gpas);
+            pg = bitmap_next(b->r[i].bits, b->r[i].pages, pg) & ~63ULL;   /* skip empty words */
+            n = pg < b->r[i].pages ? pc_take(s, i, pg, 64, gpas) : 0;
             pthread_mutex_unlock(&s->pc_lock);
             if (n && pc_send_pages(s, &s->out, &s->batch, gpas, n, false) < 0)
                 return s->out.err;
