@@ -29,7 +29,7 @@ linux-guest:
 	@scripts/linux-guest.sh $(GUEST_OUT)
 
 test:
-	@scripts/deps.sh build test linux
+	@scripts/deps.sh build test linux bench
 	@$(MAKE) --no-print-directory asan guest linux-guest
 	@tests/run.sh
 
@@ -43,6 +43,13 @@ fuzz:
 
 demo: ferry guest
 	@scripts/demo.sh
+
+# ferry vs QEMU/KVM: boot, snapshot/restore, live migration (bench/bench_all.py).
+# BENCH_REPEAT=N, BENCH_ONLY=name[,name]; results in bench/results/, plots in
+# bench/plots/, docs/BENCHMARKS.md regenerated (not for a BENCH_ONLY run).
+bench:
+	@export BENCH_T0=$$(date +%s.%N) && scripts/deps.sh build bench && \
+	  $(MAKE) --no-print-directory ferry guest && /usr/bin/python3 bench/bench_all.py
 
 clean:
 	rm -rf $(BUILD)

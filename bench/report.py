@@ -1,11 +1,17 @@
 #!/usr/bin/python3
 """Regenerates docs/BENCHMARKS.md from the newest result files in bench/results/.
 
-    python3 bench/report.py [--boot FILE] [--snapshot FILE] [--migration FILE] [--out PATH]
+    python3 bench/report.py [--bench FILE] [--boot FILE] [--snapshot FILE]
+                            [--migration FILE] [--out PATH]
 
-Newest = the last `<kind>-<timestamp>.json` in name order (the timestamp sorts). The
-live-migration section is, in this order of preference: rendered from the newest
-`migration-*.json` (by `bench/report_migration.py: render(result) -> markdown` if that
+Results come from `make bench` (bench/bench_all.py: one `bench-<timestamp>.json` per run
+holding the boot, snapshot and migration results) or from the scripts run on their own
+(`<kind>-<timestamp>.json`). For each kind the newest is used: the part of the newest
+complete suite file or the newest `<kind>-*.json`, whichever was made later (by the
+date in its "machine" block); --bench FILE takes every part FILE has from FILE (also a
+partial one), --boot/--snapshot/--migration name single files. The live-migration
+section is, in this order of preference: rendered from the migration result (by
+`bench/report_migration.py: render(result, path=..., suite=...) -> markdown` if that
 module exists, else by the result's own "report_markdown" string, else generically from
 its "summary"); otherwise kept as it is in the current BENCHMARKS.md between the
 `<!-- BEGIN live-migration -->` and `<!-- END live-migration -->` markers; otherwise a
@@ -37,9 +43,39 @@ def newest(kind):
     return files[-1] if files else None
 
 
+_cache = {}
+
+
 def load(path):
-    with open(path) as f:
-        return json.load(f)
+    if path not in _cache:
+        with open(path) as f:
+            _cache[path] = json.load(f)
+    return _cache[path]
+
+
+def newest_suite():
+    """The newest `make bench` result that ran the whole default suite."""
+    for path in sorted(glob.glob(os.path.join(RESULTS, "bench-*.json")), reverse=True):
+        if not load(path).get("config", {}).get("partial"):
+            return path
+    return None
+
+
+def part(path, kind):
+    """The `kind` result inside suite file `path` (or None)."""
+    return (load(path).get("results") or {}).get(kind) if path else None
+
+
+def pick(kind, suite, forced_suite=False):
+    """(path, result) of the result of `kind` to show, or (None, None)."""
+    inner = part(suite, kind)
+    if forced_suite and inner:
+        return suite, inner
+    alone = newest(kind)
+    if inner and (not alone or inner["machine"].get("date", "") >=
+                  load(alone)["machine"].get("date", "")):
+        return suite, inner
+    return (alone, load(alone)) if alone else (None, None)
 
 
 def tidy(cmd):
@@ -122,10 +158,20 @@ def table(summary, systems, rows, base="ferry"):
     return "\n".join(out)
 
 
+OUT_ARG = re.compile(r" --out \S+")
+
+
 def machine_block(results):
     lines = []
     for kind, path, res in results:
         m = res["machine"]
+        argv = res.get("config", {}).get("argv")
+        if path and load(path).get("benchmark") == "suite":
+            sc = load(path)["config"]
+            argv = (f"{sc.get('argv', 'make bench')}"
+                    + (" with " + " ".join(f"{k}={v}" for k, v in sc["env"].items())
+                       if sc.get("env") else "")
+                    + f"`, as `{argv}")
         dirty = m.get("ferry_uncommitted") or []
         lines.append(
             f"- **{kind}** (`{rel(path)}`, {m.get('date')}): ferry `{m.get('ferry_commit')}`"
@@ -135,8 +181,7 @@ def machine_block(results):
             f"Linux {m.get('kernel')}, {m.get('cpu_model')}, {m.get('nproc')} CPUs, "
             f"{m.get('mem_total_gib')} GiB, KVM module {', '.join(m.get('kvm_module') or [])}; "
             f"load average at start {m.get('loadavg_at_start', ['?'])[0]}."
-            + (f" Command: `{res['config']['argv']}`." if res.get("config", {}).get("argv")
-               else ""))
+            + (f" Command: `{OUT_ARG.sub('', argv)}`." if argv else ""))
     return "\n".join(lines)
 
 
@@ -348,12 +393,22 @@ def snapshot_notes(res):
         q = busy.get("qemu", {}).get("restore_run_ms") or {}
         s = (f"- **Restore**: ferry is {better(rri)} for the idle guest ({rri:.2f}×) and "
              f"{better(rrb)} for the busy one ({rrb:.2f}×).")
-        if q.get("min") and q.get("max") and q["max"] > 2 * q["min"]:
+        spread = q.get("min") and q.get("max") and q["max"] > 2 * q["min"]
+        if spread:
             s += (f" QEMU's busy restores spread widely ({num(q['min'], 'ms')}–"
                   f"{num(q['max'], 'ms')} ms): its restore is two processes (`cat` reading the "
                   "file into a pipe, QEMU loading from it) that need both of this machine's "
-                  "cores, and other people's jobs took one of them during some samples. A "
-                  "separate run of QEMU alone on a quieter host "
+                  "cores, and other people's jobs took one of them during some samples.")
+        if spread or rrb < 0.5:
+            q4 = med(busy, "qemu-4k", "restore_run_ms")
+            if not spread:
+                s += (f" QEMU's busy restores took {num(q.get('min'), 'ms')}–"
+                      f"{num(q.get('max'), 'ms')} ms in this run, on a quiet host"
+                      + (f", longer even than its own 4 KiB-page control ({num(q4, 'ms')} ms)"
+                         if q4 and q.get("median") and q4 < q["median"] else "")
+                      + "; QEMU's busy restore varies a lot from one session to the next "
+                      "here, for reasons not pinned down.")
+            s += (" An earlier separate run of QEMU alone "
                   "(`bench/results/extra/snapshot-qemu-busy-only-20261123.json`, "
                   "`--systems qemu --workloads busy --repeat 4`) restored in 0.45–0.55 s, so "
                   "the busy-restore ratio in the table flatters ferry: read it as ferry "
@@ -404,7 +459,7 @@ def snapshot_notes(res):
 
 
 # -- headline --------------------------------------------------------------------------------
-def headline(boot, snap):
+def headline(boot, snap, mig=None):
     rows = []
     if boot:
         b = boot["summary"]
@@ -423,24 +478,42 @@ def headline(boot, snap):
                              "ms", "ms"))
                 rows.append((f"restore until the guest runs, {w} guest", sm, "ferry", "qemu",
                              "restore_run_ms", "ms", "ms"))
-    if not rows:
+    extra = []
+    if mig:
+        try:
+            sys.path.insert(0, BENCH)
+            extra = importlib.import_module("report_migration").headline_rows(mig)
+        except (ModuleNotFoundError, AttributeError):
+            extra = []
+    if not rows and not extra:
         return ""
     out = ["| median | ferry | QEMU | ferry / QEMU |", "|---|---|---|---|"]
     for label, sm, a, b, metric, unit, shown in rows:
         va, vb = med(sm, a, metric), med(sm, b, metric)
         out.append(f"| {label} | {num(va, unit)} {shown} | {num(vb, unit)} {shown} | "
                    f"{rcell(va / vb if va and vb else None)} |")
+    for label, va, vb, unit in extra:
+        shown = (f"{va:.0f}" if va is not None and va >= 100 else
+                 f"{va:.1f}" if va is not None else "–"), \
+                (f"{vb:.0f}" if vb is not None and vb >= 100 else
+                 f"{vb:.1f}" if vb is not None else "–")
+        out.append(f"| {label} | {shown[0]} {unit} | {shown[1]} {unit} | "
+                   f"{rcell(va / vb if va and vb else None)} |")
     return "\n".join(out)
 
 
 # -- live migration --------------------------------------------------------------------------
-def migration_section(path, res):
+def migration_section(path, res, suite=None):
     try:
         sys.path.insert(0, BENCH)
         mod = importlib.import_module("report_migration")
-        return mod.render(res)
     except ModuleNotFoundError:
-        pass
+        mod = None
+    if mod is not None:
+        try:
+            return mod.render(res, path=path, suite=suite)
+        except TypeError:                       # an older render(result)
+            return mod.render(res)
     if res.get("report_markdown"):
         return res["report_markdown"]
     # Generic: "summary" is {system: {metric: summary}} or {group: {system: {metric: ...}}}.
@@ -480,18 +553,46 @@ present); until then it keeps whatever is written between the markers."""
 
 
 # -- document ----------------------------------------------------------------------------------
+def suite_timing(suite_path):
+    """A sentence on how long the `make bench` run behind the figures took."""
+    if not suite_path:
+        return ""
+    cfg = load(suite_path)["config"]
+    parts = cfg.get("part_seconds") or {}
+    total = cfg.get("make_elapsed_s") or cfg.get("elapsed_s")
+    if not total:
+        return ""
+    m = load(suite_path)["machine"]
+    s = (f"The run behind these figures (`{rel(suite_path)}`) took **{total / 60:.1f} min** "
+         f"{'from `make bench` to its result file' if cfg.get('make_elapsed_s') else 'for the measurements'}"
+         f" on {m.get('nproc')} CPUs (budget: {cfg.get('budget_s', 1800) // 60} min): "
+         + ", ".join(f"{k} {v / 60:.1f} min" for k, v in parts.items())
+         + "; plots and this page take a few seconds more.")
+    return s
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bench", help="a bench-*.json suite file (make bench)")
     ap.add_argument("--boot")
     ap.add_argument("--snapshot")
     ap.add_argument("--migration")
     ap.add_argument("--out", default=DOC)
     args = ap.parse_args()
-    boot = args.boot or newest("boot")
-    snap = args.snapshot or newest("snapshot")
-    mig = args.migration or newest("migration")
-    used = [(k, p, load(p)) for k, p in (("boot", boot), ("snapshot", snap),
-                                           ("migration", mig)) if p]
+    suite = args.bench or newest_suite()
+    chosen = {}
+    for kind in ("boot", "snapshot", "migration"):
+        forced = getattr(args, kind)
+        chosen[kind] = (forced, load(forced)) if forced else pick(kind, suite, bool(args.bench))
+    boot, boot_res = chosen["boot"]
+    snap, snap_res = chosen["snapshot"]
+    mig, mig_res = chosen["migration"]
+    used = [(k, p, r) for k, (p, r) in chosen.items() if p]
+    from_suite = next((p for _, p, _ in used if load(p).get("benchmark") == "suite"), None)
+    reps = {"boot_repeat": 5, "snapshot_repeat": 3, "repeat": 3}
+    if from_suite:
+        reps.update({k: load(from_suite)["config"][k] for k in reps
+                     if k in load(from_suite)["config"]})
 
     doc = ["# ferry benchmarks", "",
            "<!-- Generated by bench/report.py from bench/results/*.json; edit the script, "
@@ -513,43 +614,65 @@ def main():
            "command line is the one the project uses (`-cpu host,arch-capabilities=off`, "
            "pc machine).",
            "", "## Summary", "",
-           headline(load(boot) if boot else None, load(snap) if snap else None), "",
+           headline(boot_res, snap_res, mig_res), "",
            "Below 1 is better for ferry. Details, ranges and the reasons are in the "
            "sections below. The biggest caveat: the QEMU pc boot time is almost all "
            "firmware, emulated on this host; microvm is the fair boot comparison.", "",
            "Runs used:", "", machine_block(used), "",
            "## Reproduce", "",
            "```sh",
+           "make bench     # everything below, then the plots and this page",
+           "BENCH_REPEAT=1 make bench               # one run per scenario and system",
+           "BENCH_ONLY=dirty-20k,idle-1g make bench  # some migration scenarios (or boot, "
+           "snapshot, migration)",
+           "```", "",
+           "`make bench` installs what it needs (`scripts/deps.sh bench`: qemu-system-x86, "
+           "gnuplot-nox), builds `build/ferry` and the test guest, and runs "
+           f"`bench/bench_all.py`: the boot part ({reps['boot_repeat']} runs per system, "
+           f"`BENCH_BOOT_REPEAT`), the snapshot part ({reps['snapshot_repeat']}, "
+           f"`BENCH_SNAPSHOT_REPEAT`) and every live-migration scenario "
+           f"({reps['repeat']}, `BENCH_REPEAT`), one VM pair at a time. It writes "
+           "one result file, `bench/results/bench-<timestamp>.json` (machine, kernel, QEMU "
+           "and ferry versions, settings, every sample, the exact commands), draws "
+           "`bench/plots/*.png` (`bench/plot.py`, gnuplot) and regenerates this page "
+           "(`bench/report.py`). A run with `BENCH_ONLY` leaves the plots and this page "
+           "alone (`python3 bench/report.py --bench FILE` renders it on request). "
+           + suite_timing(from_suite), "",
+           "The parts also run on their own:", "",
+           "```sh",
            "make ferry guest                      # build/ferry, build/guest/testguest",
-           "scripts/deps.sh bench                 # qemu-system-x86 (as root, if missing)",
-           "python3 bench/bench_boot.py           # 2-4 min; --repeat N (default 5)",
-           "python3 bench/bench_snapshot.py       # 3-5 min; --repeat N (default 3), --dir DIR",
+           "scripts/deps.sh bench                 # qemu-system-x86, gnuplot-nox (as root, if missing)",
+           "python3 bench/bench_boot.py           # --repeat N (default 5)",
+           "python3 bench/bench_snapshot.py       # --repeat N (default 3), --dir DIR",
+           "python3 bench/bench_migration.py      # --repeat N (default 3), --only a,b",
+           "python3 bench/plot.py                 # bench/plots/*.png from the newest suite file",
            "python3 bench/report.py               # rewrites docs/BENCHMARKS.md",
            "```", "",
            "The scripts copy `build/ferry` and the test guest to a private directory when "
-           "they start, so a rebuild in the shared tree cannot swap them mid-run. To measure "
-           "a clean commit rather than the working tree, build it apart and point the "
-           "scripts at it (this is how the figures below were made):", "",
+           "they start, so a rebuild in the shared tree cannot swap them mid-run; \"Runs "
+           "used\" lists uncommitted changes in the tree that was measured. To measure a "
+           "clean commit rather than the working tree, build it apart and point the scripts "
+           "(and `make bench`) at it:", "",
            "```sh",
            "C=$(git rev-parse --short HEAD); D=/tmp/ferry-$C; mkdir -p $D",
            "git archive HEAD | tar -x -C $D && (cd $D && meson setup build && ninja -C build ferry "
            "&& make -C guest BUILD=$D/build/guest)",
            "export FERRY=$D/build/ferry GUEST=$D/build/guest/testguest FERRY_COMMIT=$C",
            "```", "",
-           "Each script writes `bench/results/<kind>-<timestamp>.json` (every sample, the "
-           "summaries, the machine, the ferry commit and the exact commands) and prints one "
-           "line per sample on stderr. `bench/qmp.py` is the QMP client they use.", ""]
+           "Each script on its own writes `bench/results/<kind>-<timestamp>.json` and prints "
+           "one line per sample on stderr. `bench/qmp.py` is the QMP client they use.", ""]
     if boot:
-        doc += ["## Boot time and idle memory", "", boot_section(boot, load(boot)), ""]
+        doc += ["## Boot time and idle memory", "", boot_section(boot, boot_res), ""]
     if snap:
-        doc += ["## Snapshot and restore", "", snapshot_section(snap, load(snap)), ""]
-    mig_text = migration_section(mig, load(mig)) if mig else existing_migration_text()
+        doc += ["## Snapshot and restore", "", snapshot_section(snap, snap_res), ""]
+    mig_text = migration_section(mig, mig_res, suite=from_suite) if mig else \
+        existing_migration_text()
     doc += ["## Live migration", "", MIG_BEGIN, mig_text or MIG_PLACEHOLDER, MIG_END, ""]
     text = "\n".join(doc)
     with open(args.out, "w") as f:
         f.write(text)
-    print(f"wrote {rel(args.out)} from {', '.join(rel(p) for _, p, _ in used) or 'nothing'}",
-          file=sys.stderr)
+    print(f"wrote {rel(args.out)} from "
+          f"{', '.join(sorted({rel(p) for _, p, _ in used})) or 'nothing'}", file=sys.stderr)
 
 
 if __name__ == "__main__":
