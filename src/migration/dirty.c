@@ -9,6 +9,8 @@
 #include "util/log.h"
 #include "util/util.h"
 
+#define DIRTY_CLEAR_PIECE (16384ULL)   /* pages: 64 MiB */
+
 uint64_t bitmap_count(const uint64_t *bm, uint64_t bits)
 {
     uint64_t n = 0, words = bitmap_words(bits);
@@ -146,10 +148,11 @@ int dirty_clear_all(struct dirty_log *d)
         int ret = 0;
 
         memset(s->bitmap, 0xff, bitmap_words(s->pages) * 8);
-        /* num_pages is 32 bits: clear big slots in pieces. */
-        for (uint64_t first = 0; first < s->pages && ret == 0; first += 1ULL << 30) {
+        /* In 64 MiB pieces: write-protecting all of RAM in one call holds
+         * KVM's MMU lock long enough for the guest to notice (4-8 ms here). */
+        for (uint64_t first = 0; first < s->pages && ret == 0; first += DIRTY_CLEAR_PIECE) {
             c.first_page = first;
-            c.num_pages = (uint32_t)MIN(1ULL << 30, s->pages - first);
+            c.num_pages = (uint32_t)MIN(DIRTY_CLEAR_PIECE, s->pages - first);
             c.dirty_bitmap = s->bitmap + first / 64;
             if (ioctl(d->vm_fd, KVM_CLEAR_DIRTY_LOG, &c) < 0)
                 ret = -errno;
