@@ -12,8 +12,8 @@ Environment (what `make bench` passes on):
                          bench/bench_migration.py), `boot`, `snapshot`, or `migration`
                          (every scenario)
   BENCH_BOOT_REPEAT, BENCH_SNAPSHOT_REPEAT   repeats of those parts (default 5 and 3,
-                         their scripts' defaults; the whole default suite then takes about
-                         a third of the 30-minute budget on this 2-CPU host, so nothing
+                         their scripts' defaults; the whole default suite then takes 10-12
+                         minutes of the 30-minute budget on this 2-CPU host, so nothing
                          is cut; lower these first if a slower host needs it)
   BENCH_QUIET_WAIT=S     max seconds to wait for a quiet host before each sample
   BENCH_T0               set by `make bench` (its start, epoch seconds): the result

@@ -39,8 +39,11 @@ NAMES = {"ferry": "ferry", "qemu": "QEMU", "qemu-microvm": "QEMU microvm",
 
 
 def newest(kind):
-    files = sorted(glob.glob(os.path.join(RESULTS, f"{kind}-*.json")))
-    return files[-1] if files else None
+    """The newest `<kind>-*.json` by the date it records (names need not sort)."""
+    files = glob.glob(os.path.join(RESULTS, f"{kind}-*.json"))
+    if not files:
+        return None
+    return max(files, key=lambda p: ((load(p).get("machine") or {}).get("date", ""), p))
 
 
 _cache = {}
@@ -72,6 +75,9 @@ def pick(kind, suite, forced_suite=False):
     if forced_suite and inner:
         return suite, inner
     alone = newest(kind)
+    if inner and alone and kind == "migration" and not \
+            set(inner.get("samples") or {}) <= set(load(alone).get("samples") or {}):
+        alone = None            # a run of fewer scenarios does not replace a whole suite
     if inner and (not alone or inner["machine"].get("date", "") >=
                   load(alone)["machine"].get("date", "")):
         return suite, inner

@@ -43,8 +43,8 @@ ROWS = (
 OPTIONAL = {"throttle_max_pct", "guest_dirty_pps", "gap_switchover_ms",
             "gap_before_switchover_ms", "postcopy_ms", "remote_faults", "fault_p50_us",
             "fault_p99_us", "fault_max_us", "vcpu_blocked_ms", "qemu_vcpu_blocktime_sum_ms"}
-NO_RATIO = {"host_busy_cpus_before", "baseline_gap_ms", "qemu_vcpu_blocktime_sum_ms",
-            "throttle_max_pct"}
+NO_RATIO = {"host_busy_cpus_before", "guest_dirty_pps", "baseline_gap_ms",
+            "qemu_vcpu_blocktime_sum_ms", "throttle_max_pct"}
 
 
 # -- numbers --------------------------------------------------------------------------------
@@ -190,9 +190,15 @@ def measured_after(res, commit):
 
 # The post-copy fix (bounded page takes; stale copies dropped before the pause).
 PC_FIX = "9e78c25"
+# Round 1 clears the dirty log in 64 MiB pieces (no multi-ms MMU-lock stall).
+CLEAR_FIX = "1b4d1f1"
 
 
 # -- notes ------------------------------------------------------------------------------------
+def scen_limit(res, name):
+    return ((res.get("config") or {}).get("scenarios") or {}).get(name, {}).get("downtime_ms")
+
+
 def listing(xs):
     return ", ".join(f"`{x}`" for x in xs) if xs else "none"
 
@@ -233,18 +239,25 @@ def notes(res, names):
     light = [x for x in precopy if not x.startswith("dirty-max")]
     early = [x for x in light if m(x, "ferry", "gap_before_switchover_ms") is not None
              and m(x, "ferry", "gap_switchover_ms") is not None
-             and m(x, "ferry", "gap_before_switchover_ms") > m(x, "ferry", "gap_switchover_ms")]
+             and m(x, "ferry", "gap_before_switchover_ms") >
+             max(1.3 * m(x, "ferry", "gap_switchover_ms"), m(x, "ferry", "gap_switchover_ms") + 1)]
     if early:
         s = ("- **Where ferry's guest notices the migration.** In " + listing(early) + " "
              "ferry's longest silence is not at the switchover but during the pre-copy "
              "rounds (medians "
              + ", ".join(f"{fmt(m(x, 'ferry', 'gap_before_switchover_ms'), 'ms')} vs "
                          f"{fmt(m(x, 'ferry', 'gap_switchover_ms'), 'ms')} ms" for x in early)
-             + " — the \"gap: longest silence\" rows), typically in round 1: most "
-             "likely when ferry turns dirty logging on and write-protects guest memory "
-             "(its round 1 clears the whole dirty log, `KVM_CLEAR_DIRTY_LOG` over all "
-             "RAM, while the vCPUs run).")
-        if "idle-1g" in early and "idle-4g" in early:
+             + " — the \"gap: longest silence\" rows), typically in round 1"
+             + (": most likely when ferry turns dirty logging on and write-protects guest "
+                "memory (its round 1 clears the whole dirty log, `KVM_CLEAR_DIRTY_LOG` over "
+                "all RAM in one call, while the vCPUs run; 1b4d1f1 clears it in 64 MiB "
+                "pieces instead)." if measured_after(res, CLEAR_FIX) is False else
+                "; the ferry measured here already clears the dirty log in 64 MiB pieces "
+                f"({CLEAR_FIX}), and what remains is a few milliseconds, close to the host "
+                "noise (next note)."))
+        if "idle-1g" in early and "idle-4g" in early and \
+                m("idle-4g", "ferry", "gap_before_switchover_ms") > \
+                1.3 * m("idle-1g", "ferry", "gap_before_switchover_ms"):
             s += (f" It grows with the guest's size: {fmt(m('idle-1g', 'ferry', 'gap_before_switchover_ms'), 'ms')}"
                   f" ms at 1 GiB, {fmt(m('idle-4g', 'ferry', 'gap_before_switchover_ms'), 'ms')}"
                   " ms at 4 GiB (median).")
@@ -320,6 +333,47 @@ def notes(res, names):
                   "downtime limit allows, and got by with less here.")
         n.append(s)
 
+    # 5b. Long pre-copy runs of ferry (a plateau of dirty pages above its limit).
+    for x in [y for y in precopy if y.startswith("dirty-max")]:
+        long = [r for r in runs_of(res, x, "ferry")
+                if len((r.get("report") or {}).get("rounds") or []) >= 6 and r.get("converged")]
+        if not long:
+            continue
+        r = max(long, key=lambda r: len(r["report"]["rounds"]))
+        rep = r["report"]
+        rounds = rep["rounds"]
+        dt = rep.get("downtime") or {}
+        stop_rate = (dt.get("final_pages") or 0) * 4096 / 2**20 / (dt["final_pages_ms"] / 1e3) \
+            if dt.get("final_pages_ms") else None
+        mid = rounds[len(rounds) // 2]
+        s = (f"- **ferry's pre-copy can plateau** (`{x}`, run {r.get('repeat', 0) + 1}): "
+             f"{len(rounds)} rounds and {fmt(r.get('total_ms'), 'ms')} ms (the other runs: "
+             + ", ".join(f"{len((o.get('report') or {}).get('rounds') or [])} rounds, "
+                         f"{fmt(o.get('total_ms'), 'ms')} ms"
+                         for o in runs_of(res, x, "ferry") if o is not r)
+             + f"). Round after round about {mid.get('dirty_pages', 0) / 1e3:.0f} k pages "
+             f"stayed dirty and the policy expected a stop of ~{mid.get('expected_downtime_ms')} "
+             f"ms, over the {scen_limit(res, x)} ms limit, until one round happened to end "
+             "with fewer. Its bandwidth estimate comes from pre-copy rounds "
+             f"({rep.get('bandwidth_mibs')} MiB/s, while the guest's vCPUs compete with the "
+             "sender for the two cores)")
+        bw = rep.get("bandwidth_mibs")
+        if stop_rate and bw and stop_rate > 1.5 * bw:
+            s += (f", but the stop itself then moved {dt.get('final_pages')} pages in "
+                  f"{fmt(dt['final_pages_ms'], 'ms')} ms ({stop_rate:.0f} MiB/s) with the "
+                  "vCPUs paused: the estimate is too pessimistic for the stop on a host "
+                  "like this, and ferry keeps iterating when it could stop within the limit")
+        elif stop_rate:
+            s += (f"; the final stop moved {dt.get('final_pages')} pages in "
+                  f"{fmt(dt['final_pages_ms'], 'ms')} ms ({stop_rate:.0f} MiB/s). ferry has "
+                  "no way out of such a plateau short of `--auto-converge` or "
+                  "`--max-time ... --on-timeout force`; with neither, a guest that keeps "
+                  "its dirty set just above what fits the limit can keep it migrating for "
+                  "as long as that lasts")
+        n.append(s + ". QEMU, with the same limit, finished every run in "
+                 + ", ".join(fmt(o.get("total_ms"), "ms") for o in runs_of(res, x, "qemu"))
+                 + " ms.")
+
     # 6. Auto-converge.
     x = "dirty-max-ac"
     if x in names and have(x, "gap_ms"):
@@ -332,6 +386,12 @@ def notes(res, names):
         if qt == 0:
             s += " QEMU finished before throttling at all: its run is plain pre-copy."
         if "dirty-max" in names and have("dirty-max", "gap_ms") and \
+                m(x, "ferry", "gap_ms") < 0.8 * m("dirty-max", "ferry", "gap_ms"):
+            s += (f" On ferry the throttle shortened the stop: gap "
+                  f"{fmt(m(x, 'ferry', 'gap_ms'), 'ms')} ms against "
+                  f"{fmt(m('dirty-max', 'ferry', 'gap_ms'), 'ms')} ms without it "
+                  "(`dirty-max`).")
+        elif "dirty-max" in names and have("dirty-max", "gap_ms") and \
                 m(x, "ferry", "gap_ms") > 1.2 * m("dirty-max", "ferry", "gap_ms"):
             s += (f" On ferry, auto-converge did not help here: its gap is larger than "
                   f"without it ({fmt(m('dirty-max', 'ferry', 'gap_ms'), 'ms')} ms in "
