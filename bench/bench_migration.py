@@ -16,6 +16,10 @@ Guest: build/guest/testguest with `tick.us=1000` plus the scenario's dirtier; 1 
   dirty-max-postcopy the same, post-copy after the first full pass (ferry `--mode
                      postcopy`; QEMU `postcopy-ram` on both sides and
                      `migrate-start-postcopy` once query-migrate shows dirty-sync-count >= 2)
+  dirty-max-hybrid   the same, hybrid: ferry `--mode hybrid` decides by itself (post-copy
+                     once a round after the first pass dirtied at least half of what it
+                     sent); QEMU has no automatic switch, so the script applies that rule
+                     to query-migrate's counters and then calls `migrate-start-postcopy`
   idle-1g-10ms       `dirtier.mib=64 dirtier.rate=0`          limit  10 ms
   dirty-20k-10ms     `dirtier.mib=128 dirtier.rate=20000`     limit  10 ms
 (`dirtier.rate=-1` is "as fast as the vCPUs can write": every vCPU dirties its share.)
@@ -112,7 +116,8 @@ MEM_MIB = 1024
 CPUS = 2
 TICK_US = 1000
 # mem (MiB) and cpus default to MEM_MIB and CPUS; "auto_converge": True turns it on for
-# both systems; "mode": "postcopy" switches to post-copy after the first full pass.
+# both systems; "mode": "postcopy" switches to post-copy after the first full pass,
+# "hybrid" when a pre-copy round stalls.
 SCENARIOS = {
     "idle-1g":            {"mib": 64,  "rate": 0,     "downtime_ms": 300},
     "idle-4g":            {"mib": 64,  "rate": 0,     "downtime_ms": 300, "mem": 4096},
@@ -123,6 +128,8 @@ SCENARIOS = {
                            "auto_converge": True},
     "dirty-max-postcopy": {"mib": 512, "rate": -1,    "downtime_ms": 300, "mem": 2048,
                            "mode": "postcopy"},
+    "dirty-max-hybrid":   {"mib": 512, "rate": -1,    "downtime_ms": 300, "mem": 2048,
+                           "mode": "hybrid"},
     "idle-1g-10ms":       {"mib": 64,  "rate": 0,     "downtime_ms": 10},
     "dirty-20k-10ms":     {"mib": 128, "rate": 20000, "downtime_ms": 10},
 }
@@ -148,7 +155,23 @@ def ncpus(sc):
 
 
 def postcopy(sc):
-    return sc.get("mode") == "postcopy"
+    """Post-copy may happen: "postcopy" (after the first pass) or "hybrid" (when stalled)."""
+    return sc.get("mode") in ("postcopy", "hybrid")
+
+
+def hybrid(sc):
+    return sc.get("mode") == "hybrid"
+
+
+def qemu_stalled(tl):
+    """ferry's hybrid rule applied to QEMU's counters (QEMU has no automatic switch):
+    from the third bitmap sync on, switch when the round that just ended dirtied at
+    least half of what it sent (remaining after the sync * 2 >= bytes sent in it)."""
+    rounds = tl.rounds()
+    if len(rounds) < 3:
+        return False
+    last = rounds[-2]                 # the newest finished round; rounds[-1] is running
+    return (last.get("dirty_pages") or 0) * 2 >= last["pages"] > 0
 
 
 def auto_converge(sc, args):
@@ -160,7 +183,9 @@ def describe(name, sc, args=None):
     extra = []
     if sc.get("auto_converge") or (args is not None and args.auto_converge):
         extra.append("auto-converge")
-    if postcopy(sc):
+    if hybrid(sc):
+        extra.append("hybrid: post-copy once a pre-copy round stalls")
+    elif postcopy(sc):
         extra.append("post-copy after the first pass")
     return (f"{name}: {mem_mib(sc)} MiB, {ncpus(sc)} vCPU{'s' if ncpus(sc) > 1 else ''}, "
             f"`{cmdline(sc)}`, downtime limit {sc['downtime_ms']} ms"
@@ -350,7 +375,7 @@ class Run:
         if auto_converge(self.sc, a):
             cmd += ["--auto-converge"]
         if postcopy(self.sc):
-            cmd += ["--mode", "postcopy"]
+            cmd += ["--mode", self.sc["mode"]]
         self.s["t_start_ns"] = time.monotonic_ns()
         mig = B.Proc(cmd, f["migrate.log"])
         rc = self.ferry_wait(mig, src, a.timeout)
@@ -556,8 +581,9 @@ class Run:
             info = sq.cmd("query-migrate")
             tl.add(info)
             sync = (info.get("ram") or {}).get("dirty-sync-count") or 0
-            if pc and not pc_started and info.get("status") == "active" and sync >= 2:
-                sq.cmd("migrate-start-postcopy")        # the first full pass is done
+            if (pc and not pc_started and info.get("status") == "active"
+                    and (qemu_stalled(tl) if hybrid(self.sc) else sync >= 2)):
+                sq.cmd("migrate-start-postcopy")        # first pass done / stalled
                 pc_started = True
                 self.s["postcopy_start_ms"] = (time.monotonic_ns() - self.s["t_start_ns"]) / 1e6
             if time.monotonic() >= deadline:
@@ -953,7 +979,7 @@ def _commands(args):
             B.show_cmd(B.ferry_run_cmd("MEM", "CPUS", cmdline(sc), "SRC.console", "SRC.sock")
                        + ["--debugcon", fifo]),
             B.show_cmd(mig) + "   # dirty-max-ac: + --auto-converge; dirty-max-postcopy: "
-            "+ --mode postcopy",
+            "+ --mode postcopy; dirty-max-hybrid: + --mode hybrid",
             "on timeout: ferry migrate-cancel --api-socket SRC.sock; after: ferry shutdown "
             "--api-socket DST.sock",
         ],
@@ -970,6 +996,9 @@ def _commands(args):
             "QMP, dirty-max-postcopy: postcopy-ram=on on both sides and postcopy-blocktime=on "
             "on the destination before migrate; migrate-start-postcopy once query-migrate "
             "shows dirty-sync-count >= 2; afterwards query-migrate on the destination",
+            "QMP, dirty-max-hybrid: the same, but migrate-start-postcopy only once a pre-copy "
+            "round after the first pass stalls (ferry's hybrid rule on QEMU's counters: the "
+            "round dirtied at least half of what it sent)",
         ],
         "gap_reader": "python3 bench/gap_reader.py DEBUGCON.fifo TIMES (both VMMs write the FIFO)",
     }

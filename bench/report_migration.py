@@ -461,6 +461,32 @@ def notes(res, names):
             "(`postcopy-latency` came with QEMU 9.1), so QEMU's latencies here come from "
             "its destination's trace log (see \"How it is measured\").")
 
+    # 7b. Hybrid.
+    x = "dirty-max-hybrid"
+    if x in names and have(x, "total_ms", "gap_ms"):
+        ft, qt = m(x, "ferry", "total_ms"), m(x, "qemu", "total_ms")
+        fg, qg = m(x, "ferry", "gap_ms"), m(x, "qemu", "gap_ms")
+        s = (f"- **Hybrid** (`{x}`): total time {fmt(ft, 'ms')} ms on ferry vs "
+             f"{fmt(qt, 'ms')} ms on QEMU, guest-visible gap {fmt(fg, 'ms')} vs "
+             f"{fmt(qg, 'ms')} ms, downtime {fmt(m(x, 'ferry', 'downtime_ms'), 'ms')} vs "
+             f"{fmt(m(x, 'qemu', 'downtime_ms'), 'ms')} ms; pre-copy rounds before the "
+             f"switch {fmt(m(x, 'ferry', 'rounds'), 'n')} (ferry) vs bitmap syncs "
+             f"{fmt(m(x, 'qemu', 'rounds'), 'n')} (QEMU); fault latency p99 "
+             f"{fmt(m(x, 'ferry', 'fault_p99_us'), 'us')} vs "
+             f"{fmt(m(x, 'qemu', 'fault_p99_us'), 'us')} µs.")
+        fr = runs_of(res, x, "ferry")
+        went = sum(bool((r.get("report") or {}).get("postcopy")) for r in fr)
+        s += (f" ferry switched to post-copy in {went} of {len(fr)} runs; in the others its "
+              "projected stop fitted the 300 ms limit, and hybrid switches only when it does "
+              "not, so those runs ended with an ordinary pre-copy stop (a pause of some tens "
+              "of ms moving the last dirty set, but no post-copy phase and no remote "
+              "faults)." if went < len(fr) else
+              f" ferry switched to post-copy in all {len(fr)} runs.")
+        worse = [w for w, a, b in (("total time", ft, qt), ("gap", fg, qg)) if a > b]
+        s += (f" **ferry is worse on {' and '.join(worse)} here.**" if worse else
+              " ferry is lower on both total time and gap.")
+        n.append(s)
+
     # 8. vCPUs.
     if "dirty-20k-1cpu" in names and "dirty-20k" in names and have("dirty-20k", "gap_ms") \
             and have("dirty-20k-1cpu", "gap_ms"):
@@ -565,6 +591,12 @@ def render(res, path=None, suite=None):
             "page, the same span as ferry's. \"Fault wait, sum\" adds these latencies up "
             "(ferry's `vcpu_blocked_ms`). QEMU's `postcopy-vcpu-blocktime` is kept for "
             "reference.",
+            "- **Hybrid** (`dirty-max-hybrid`): ferry `--mode hybrid` runs pre-copy and "
+            "switches to post-copy by itself once a round after the first pass dirtied at "
+            "least half of what it sent. QEMU has no automatic switch (libvirt's "
+            "`--postcopy-after-precopy` switches after the first pass), so the script "
+            "applies the same rule to QEMU's query-migrate counters and then calls "
+            "`migrate-start-postcopy`.",
             "- **Per-round timeline**: ferry's report lists its rounds. For QEMU the script "
             f"samples query-migrate every {cfg.get('poll_ms', 20):g} ms during the migration "
             "and groups the samples by `dirty-sync-count`: bytes per round = growth of "
@@ -615,7 +647,11 @@ def headline_rows(res):
             ("dirty-max", "gap_ms", "live migration, 512 MiB at full speed: gap", "ms"),
             ("dirty-max-postcopy", "postcopy_ms", "post-copy phase, 512 MiB at full speed",
              "ms"),
-            ("dirty-max-postcopy", "fault_p99_us", "post-copy fault latency p99", "µs")):
+            ("dirty-max-postcopy", "fault_p99_us", "post-copy fault latency p99", "µs"),
+            ("dirty-max-hybrid", "total_ms", "hybrid, 512 MiB at full speed: total time",
+             "ms"),
+            ("dirty-max-hybrid", "gap_ms", "hybrid, 512 MiB at full speed: gap", "ms"),
+            ("dirty-max-hybrid", "fault_p99_us", "hybrid: fault latency p99", "µs")):
         if runs_of(res, name, "ferry") and runs_of(res, name, "qemu"):
             rows.append((label, med(res, name, "ferry", key), med(res, name, "qemu", key),
                          unit))
