@@ -131,6 +131,14 @@ SCENARIOS = {
     "dirty-max-hybrid":   {"mib": 512, "rate": -1,    "downtime_ms": 300, "mem": 2048,
                            "mode": "hybrid"},
     "idle-1g-10ms":       {"mib": 64,  "rate": 0,     "downtime_ms": 10},
+    # The transfer engine (issue 8): parallel connections and compression on both.
+    "idle-4g-mfd":        {"mib": 64,  "rate": 0,     "downtime_ms": 300, "mem": 4096,
+                           "connections": 2},
+    "dirty-20k-10ms-zstd": {"mib": 128, "rate": 20000, "downtime_ms": 10,
+                            "connections": 2, "compress": "zstd"},
+    "dirty-20k-cap100":   {"mib": 128, "rate": 20000, "downtime_ms": 300,
+                           "bandwidth": 100, "connections": 2, "compress": "zstd",
+                           "ferry_compress": "auto"},
     "dirty-20k-10ms":     {"mib": 128, "rate": 20000, "downtime_ms": 10},
 }
 SYSTEMS = ("ferry", "qemu")
@@ -174,6 +182,32 @@ def qemu_stalled(tl):
     return (last.get("dirty_pages") or 0) * 2 >= last["pages"] > 0
 
 
+def bandwidth(sc, args):
+    """MiB/s cap: the scenario's own, else --bandwidth, else none."""
+    return sc.get("bandwidth") or getattr(args, "bandwidth", None)
+
+
+def ferry_transfer_args(sc):
+    """ferry's transfer-engine flags for a scenario (nothing: ferry's defaults)."""
+    out = []
+    if sc.get("connections"):
+        out += ["--connections", str(sc["connections"])]
+    comp = sc.get("ferry_compress") or sc.get("compress")
+    if comp:
+        out += ["--compress", comp]
+    return out
+
+
+def qemu_multifd(sc):
+    """(capabilities, parameters) for QEMU's multifd in a scenario, or None."""
+    if not sc.get("connections"):
+        return None
+    params = {"multifd-channels": sc["connections"]}
+    if sc.get("compress"):
+        params["multifd-compression"] = sc["compress"]      # QEMU 7.2: none|zlib|zstd
+    return [{"capability": "multifd", "state": True}], params
+
+
 def auto_converge(sc, args):
     return bool(sc.get("auto_converge") or getattr(args, "auto_converge", False))
 
@@ -187,6 +221,13 @@ def describe(name, sc, args=None):
         extra.append("hybrid: post-copy once a pre-copy round stalls")
     elif postcopy(sc):
         extra.append("post-copy after the first pass")
+    if sc.get("connections"):
+        extra.append(f"{sc['connections']} connections (QEMU multifd)")
+    if sc.get("compress"):
+        extra.append(f"compression: ferry {sc.get('ferry_compress') or sc['compress']}, "
+                     f"QEMU multifd {sc['compress']}")
+    if sc.get("bandwidth"):
+        extra.append(f"bandwidth cap {sc['bandwidth']} MiB/s")
     return (f"{name}: {mem_mib(sc)} MiB, {ncpus(sc)} vCPU{'s' if ncpus(sc) > 1 else ''}, "
             f"`{cmdline(sc)}`, downtime limit {sc['downtime_ms']} ms"
             + (", " + ", ".join(extra) if extra else ""))
@@ -370,8 +411,9 @@ class Run:
         self.boot(scon, src)
         cmd = [B.FERRY, "migrate", "--api-socket", f["src.sock"], f"tcp:127.0.0.1:{self.port}",
                "--downtime-ms", str(self.sc["downtime_ms"]), "--wait"]
-        if a.bandwidth:
-            cmd += ["--bandwidth", str(a.bandwidth)]
+        if bandwidth(self.sc, a):
+            cmd += ["--bandwidth", str(bandwidth(self.sc, a))]
+        cmd += ferry_transfer_args(self.sc)
         if auto_converge(self.sc, a):
             cmd += ["--auto-converge"]
         if postcopy(self.sc):
@@ -474,12 +516,18 @@ class Run:
     def qemu(self, fifo):
         f, a = self.f, self.args
         self.f["dst.trace"] = os.path.join(self.dir, "dst.trace")
+        mfd = qemu_multifd(self.sc)
+        uri = f"tcp:127.0.0.1:{self.port}"
         dst = B.Proc(qemu_vm_cmd(self.sc, f["dst.console"], f["dst.sock"], fifo, a.qemu_variant,
-                                 incoming=f"tcp:127.0.0.1:{self.port}")
+                                 incoming="defer" if mfd else uri)
                      + (qemu_fault_trace_args(f["dst.trace"]) if postcopy(self.sc) else []),
                      f["dst.log"])
         dq = Qmp.connect_retry(f["dst.sock"], timeout=30)
         try:
+            if mfd:     # multifd must be on at both ends before the destination listens
+                dq.cmd("migrate-set-capabilities", capabilities=mfd[0])
+                dq.cmd("migrate-set-parameters", **mfd[1])
+                dq.cmd("migrate-incoming", uri=uri)
             src = B.Proc(qemu_vm_cmd(self.sc, f["src.console"], f["src.sock"], fifo,
                                      a.qemu_variant), f["src.log"])
             sq = Qmp.connect_retry(f["src.sock"], timeout=30)
@@ -504,10 +552,16 @@ class Run:
                 {"capability": "auto-converge", "state": auto_converge(self.sc, a)}]
         if pc:
             caps.append({"capability": "postcopy-ram", "state": True})
+        mfd = qemu_multifd(self.sc)
+        if mfd:
+            caps += mfd[0]
         sq.cmd("migrate-set-capabilities", capabilities=caps)
+        if mfd:
+            sq.cmd("migrate-set-parameters", **mfd[1])
         sq.cmd("migrate-set-parameters", **{
             "downtime-limit": self.sc["downtime_ms"],
-            "max-bandwidth": a.bandwidth << 20 if a.bandwidth else QEMU_NO_CAP})
+            "max-bandwidth": bandwidth(self.sc, a) << 20 if bandwidth(self.sc, a)
+            else QEMU_NO_CAP})
         self.s["qemu_params"] = sq.cmd("query-migrate-parameters")
         sq.events()                                    # drop what came before
         self.s["t_start_ns"] = time.monotonic_ns()
@@ -980,6 +1034,8 @@ def _commands(args):
                        + ["--debugcon", fifo]),
             B.show_cmd(mig) + "   # dirty-max-ac: + --auto-converge; dirty-max-postcopy: "
             "+ --mode postcopy; dirty-max-hybrid: + --mode hybrid",
+            "# *-mfd, *-zstd, *-cap100: + --connections N [--compress zstd|auto] "
+            "[--bandwidth 100] (see each scenario)",
             "on timeout: ferry migrate-cancel --api-socket SRC.sock; after: ferry shutdown "
             "--api-socket DST.sock",
         ],
@@ -999,6 +1055,10 @@ def _commands(args):
             "QMP, dirty-max-hybrid: the same, but migrate-start-postcopy only once a pre-copy "
             "round after the first pass stalls (ferry's hybrid rule on QEMU's counters: the "
             "round dirtied at least half of what it sent)",
+            "QMP, *-mfd / *-zstd / *-cap100: the destination starts with -incoming defer; "
+            "migrate-set-capabilities multifd=on and migrate-set-parameters "
+            "multifd-channels=N [multifd-compression=zstd] on both sides, then "
+            "migrate-incoming on the destination; max-bandwidth=100 MiB/s in *-cap100",
         ],
         "gap_reader": "python3 bench/gap_reader.py DEBUGCON.fifo TIMES (both VMMs write the FIFO)",
     }
