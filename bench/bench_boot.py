@@ -165,8 +165,4 @@ def _show_cmd(system):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        B.kill_all()
-        sys.exit(130)
+    B.main_guard(main)

@@ -483,6 +483,10 @@ class Run:
             self.s.update(src_exit=st, src_rss_peak_kib=maxrss or self.s["src_vmhwm_kib"])
             st, maxrss = reap(dst, 5)
             self.s.update(dst_exit=st, dst_rss_peak_kib=maxrss or self.s["dst_vmhwm_kib"])
+        self.finish(scon, dcon, src, dst)
+
+    def finish(self, scon, dcon, src, dst):
+        """Problem lines of both consoles, and the VMMs' logs if the run went wrong."""
         scon.poll()
         self.s["src_problems"] = scon.grep(PROBLEMS)
         if "dst_problems" not in self.s:
@@ -609,12 +613,7 @@ class Run:
             st, maxrss = reap(p, 15)
             self.s.update({f"{side}_exit": st,
                            f"{side}_rss_peak_kib": maxrss or self.s[f"{side}_vmhwm_kib"]})
-        scon.poll()
-        self.s["src_problems"] = scon.grep(PROBLEMS)
-        if "dst_problems" not in self.s:
-            dcon.poll()
-            self.s["dst_problems"] = dcon.grep(PROBLEMS)
-        self.keep_logs(src, dst)
+        self.finish(scon, dcon, src, dst)
 
     def qemu_wait(self, sq, tl, timeout):
         """Waits for the final MIGRATION event, sampling query-migrate every --poll-ms
@@ -995,7 +994,7 @@ def main():
             "quiet_wait_s": args.quiet_wait, "qemu_variant": args.qemu_variant,
             "gap_window_s": [-GAP_BEFORE_S, "end +", GAP_AFTER_S],
             "elapsed_s": round(time.monotonic() - t_begin, 1),
-            "host_thp": _read("/sys/kernel/mm/transparent_hugepage/enabled"),
+            "host_thp": B.read_text("/sys/kernel/mm/transparent_hugepage/enabled"),
             "commands": _commands(args),
         },
         "summary": summary,
@@ -1004,14 +1003,6 @@ def main():
     }
     B.write_result(out, result)
     print(table(summary, systems))
-
-
-def _read(path):
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
 
 
 def _commands(args):
@@ -1065,8 +1056,4 @@ def _commands(args):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        B.kill_all()
-        sys.exit(130)
+    B.main_guard(main)

@@ -288,8 +288,8 @@ def main():
             "memory_mib": MEM_MIB, "cpus": CPUS, "workloads": {w: WORKLOADS[w] for w in workloads},
             "systems": systems, "repeat": args.repeat, "settle_s": SETTLE_S,
             "quiet_wait_s": args.quiet_wait,
-            "host_thp": _read("/sys/kernel/mm/transparent_hugepage/enabled"),
-            "host_shmem_thp": _read("/sys/kernel/mm/transparent_hugepage/shmem_enabled"),
+            "host_thp": B.read_text("/sys/kernel/mm/transparent_hugepage/enabled"),
+            "host_shmem_thp": B.read_text("/sys/kernel/mm/transparent_hugepage/shmem_enabled"),
             "snapshot_dir": snapdir,
             "snapshot_dir_fs": _fstype(snapdir),
             "commands": _commands(systems),
@@ -299,14 +299,6 @@ def main():
         "samples": samples,
     }
     B.write_result(out, result)
-
-
-def _read(path):
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
 
 
 def _fstype(path):
@@ -341,8 +333,4 @@ def _commands(systems):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        B.kill_all()
-        sys.exit(130)
+    B.main_guard(main)

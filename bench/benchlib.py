@@ -457,6 +457,24 @@ def default_out(kind):
     return os.path.join(RESULTS, f"{kind}-{stamp}.json")
 
 
+def read_text(path):
+    """A small file's stripped text (sysfs settings), or None."""
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def main_guard(main):
+    """Runs a benchmark's main(); Ctrl-C kills the VMMs it started and exits 130."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        kill_all()
+        sys.exit(130)
+
+
 def write_result(path, data):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:

@@ -1,7 +1,6 @@
 """Post-copy and hybrid migration on real KVM: write-heavy guests finish, a
 broken connection is recovered without losing the VM, and an abort ends
 both sides with a clear account."""
-import json
 import time
 
 import pytest
@@ -87,7 +86,7 @@ def test_connection_cut_recovers(vm_factory, cuts):
             wait_state(src, ("postcopy",))
             time.sleep(0.5)
             proxy.cut()
-            st = wait_state(src, ("postcopy-paused", "postcopy"), timeout=10)
+            wait_state(src, ("postcopy-paused", "postcopy"), timeout=10)
             # The VM survives on the destination while the link is down.
             assert dst.proc.poll() is None and src.proc.poll() is None
         rc = src.wait_exit(120)
@@ -102,6 +101,18 @@ def test_connection_cut_recovers(vm_factory, cuts):
         proxy.close()
 
 
+def break_postcopy(src, proxy, bandwidth):
+    """Starts a post-copy migration through `proxy`, waits for post-copy, then
+    cuts the link for good and waits until the source has noticed."""
+    rc, rep, err = migrate(src, proxy.uri, "--mode", "postcopy", "--bandwidth",
+                           str(bandwidth), wait=False)
+    assert rc == 0, err
+    wait_state(src, ("postcopy",))
+    proxy.refuse = True
+    proxy.cut()
+    wait_state(src, ("postcopy-paused",))
+
+
 def test_manual_recover_elsewhere(vm_factory):
     """The link breaks and stays broken: the operator points the source at a
     new path to the destination with migrate-recover."""
@@ -109,13 +120,7 @@ def test_manual_recover_elsewhere(vm_factory):
     dst, port = destination(vm_factory)
     first, second = Proxy(port), Proxy(port)
     try:
-        rc, rep, err = migrate(src, first.uri, "--mode", "postcopy", "--bandwidth", "40",
-                               wait=False)
-        assert rc == 0, err
-        wait_state(src, ("postcopy",))
-        first.refuse = True
-        first.cut()
-        wait_state(src, ("postcopy-paused",))
+        break_postcopy(src, first, 40)
         # Memory is incomplete on the destination: no snapshot, no migration out.
         status, body = dst.api("PUT", "/v1/vm/snapshot", {"path": "/tmp/never.snap"})
         assert status == 409, body
@@ -153,13 +158,7 @@ def test_abort_in_postcopy(vm_factory):
     dst, port = destination(vm_factory)
     proxy = Proxy(port)
     try:
-        rc, rep, err = migrate(src, proxy.uri, "--mode", "postcopy", "--bandwidth", "20",
-                               wait=False)
-        assert rc == 0, err
-        wait_state(src, ("postcopy",))
-        proxy.refuse = True
-        proxy.cut()
-        wait_state(src, ("postcopy-paused",))
+        break_postcopy(src, proxy, 20)
         # Cancel is refused once post-copy runs: it would lose the VM.
         r = run_cli("migrate-cancel", "--api-socket", src.sock)
         assert r.returncode == 1 and "migrate-abort" in r.stderr

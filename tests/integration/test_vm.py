@@ -1,7 +1,6 @@
 """The VMM on real KVM with the test guest: boot, SMP, memory sizes, console,
 pause/resume, shutdown, and exits."""
 import os
-import re
 import time
 
 import pytest
