@@ -680,8 +680,13 @@ class Run:
                       qemu_postcopy_vcpu_blocktime_ms=per_vcpu,
                       qemu_vcpu_blocktime_sum_ms=blocked,
                       postcopy_bytes=src_ram.get("postcopy-bytes"))
+        # migrate-start-postcopy can come too late: QEMU then completes in pre-copy
+        # and never shows postcopy-active. That run had no post-copy phase.
+        rows = (self.s.get("qemu_samples") or {}).get("rows") or []
+        went = any(r[1] == "postcopy-active" for r in rows)
+        self.s["qemu_postcopy_active"] = went
         t_pc = self.s.get("postcopy_start_ms")
-        if t_pc is not None and self.s.get("total_ms") is not None:
+        if went and t_pc is not None and self.s.get("total_ms") is not None:
             self.s["postcopy_ms"] = self.s["total_ms"] - t_pc
 
 

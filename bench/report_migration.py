@@ -482,6 +482,10 @@ def notes(res, names):
               "of ms moving the last dirty set, but no post-copy phase and no remote "
               "faults)." if went < len(fr) else
               f" ferry switched to post-copy in all {len(fr)} runs.")
+        qr = runs_of(res, x, "qemu")
+        s += (f" QEMU ran a post-copy phase in {count(qr, 'qemu_postcopy_active')} of "
+              f"{len(qr)} runs (in the others it completed in pre-copy, its projected stop "
+              "fitting the limit, before a round stalled).")
         worse = [w for w, a, b in (("total time", ft, qt), ("gap", fg, qg)) if a > b]
         s += (f" **ferry is worse on {' and '.join(worse)} here.**" if worse else
               " ferry is lower on both total time and gap.")
