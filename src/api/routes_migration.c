@@ -3,26 +3,63 @@
 
 #include <errno.h>
 #include <jansson.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "migration/migration.h"
+#include "state/xcodec.h"
 #include "util/util.h"
 #include "vm/vm.h"
+
+/* The transfer engine's options: connections (-1: one per core, up to 4),
+ * compression, delta cache, dirty tracking. */
+static int mig_xfer_params(struct mig_params *p, json_int_t conns, const char *compress,
+                           json_int_t delta, const char *dirty_track, char *err, size_t len)
+{
+    enum xc_algo a;
+
+    if (conns < -1 || conns > MIG_MAX_CONNS)
+        return snprintf(err, len, "connections must be 0..%d", MIG_MAX_CONNS), -EINVAL;
+    if (xc_algo_parse(compress, &a) < 0)
+        return snprintf(err, len, "compress must be none, lz4, zstd or auto"), -EINVAL;
+    if (delta < 0 || delta > 65536)
+        return snprintf(err, len, "delta_cache_mib must be 0..65536"), -EINVAL;
+    if (strcmp(dirty_track, "ring") == 0)
+        return snprintf(err, len, "dirty_track ring: the KVM dirty ring is not implemented "
+                        "in this ferry; use bitmap"), -EINVAL;
+    if (strcmp(dirty_track, "bitmap") != 0)
+        return snprintf(err, len, "dirty_track must be ring or bitmap"), -EINVAL;
+    p->connections = conns < 0 ? mig_default_connections() : (unsigned)conns;
+    p->compress = a;
+    p->delta_cache_bytes = (uint64_t)delta << 20;
+    if (!p->connections && (a != XC_NONE || delta))
+        return snprintf(err, len, "compression and delta encoding need connections >= 1"),
+               -EINVAL;
+    if (a != XC_NONE && !xc_algo_built(a == XC_AUTO ? XC_ZSTD : a))
+        return snprintf(err, len, "this ferry was built without %s", xc_algo_name(a)), -EINVAL;
+    if (delta && !xc_delta_built())
+        return snprintf(err, len, "this ferry was built without delta encoding"), -EINVAL;
+    return 0;
+}
 
 static int mig_params_from_json(json_t *body, struct mig_params *p, int *wait, char *err,
                                 size_t len)
 {
-    const char *uri = NULL, *on_timeout = "fail", *mode = "precopy";
-    json_int_t downtime = 300, bw = 0, max_time = 0, pc_after = 0;
+    const char *uri = NULL, *on_timeout = "fail", *mode = "precopy", *compress = "none";
+    const char *dirty_track = "bitmap";
+    json_int_t downtime = 300, bw = 0, max_time = 0, pc_after = 0, conns = -1, delta = 0;
     int auto_converge = 0;
     json_error_t jerr;
 
     if (!body || json_unpack_ex(body, &jerr, JSON_STRICT,
-                                "{s:s, s?I, s?I, s?I, s?s, s?b, s?b, s?s, s?I}",
+                                "{s:s, s?I, s?I, s?I, s?s, s?b, s?b, s?s, s?I, s?I, s?s, s?I, "
+                                "s?s}",
                                 "uri", &uri, "downtime_ms", &downtime, "bandwidth_mibs", &bw,
                                 "max_time_s", &max_time, "on_timeout", &on_timeout,
                                 "auto_converge", &auto_converge, "wait", wait, "mode", &mode,
-                                "postcopy_after_rounds", &pc_after) < 0) {
+                                "postcopy_after_rounds", &pc_after, "connections", &conns,
+                                "compress", &compress, "delta_cache_mib", &delta,
+                                "dirty_track", &dirty_track) < 0) {
         snprintf(err, len, "bad migration request: %s", body ? jerr.text : "no body");
         return -EINVAL;
     }
@@ -36,6 +73,8 @@ static int mig_params_from_json(json_t *body, struct mig_params *p, int *wait, c
                  "precopy, postcopy or hybrid");
         return -EINVAL;
     }
+    if (mig_xfer_params(p, conns, compress, delta, dirty_track, err, len) < 0)
+        return -EINVAL;
     p->mode = mode[0] == 'h' ? MIG_MODE_HYBRID : mode[4] == 'c' ? MIG_MODE_POSTCOPY
                                                                   : MIG_MODE_PRECOPY;
     p->postcopy_after_rounds = (unsigned)pc_after;

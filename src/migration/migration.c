@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <stdio.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "util/util.h"
 
@@ -157,18 +158,74 @@ static json_t *downtime_json(const struct mig_downtime *d)
                      "state_bytes", (json_int_t)d->state_bytes);
 }
 
+static json_t *params_xfer(json_t *j, const struct mig_params *p)
+{
+    static const char *const algos[] = { "none", "lz4", "zstd", "auto" };
+
+    json_object_set_new(j, "connections", json_integer(p->connections));
+    json_object_set_new(j, "compress", json_string(algos[p->compress & 3]));
+    json_object_set_new(j, "delta_cache_mib", json_integer((json_int_t)(p->delta_cache_bytes >> 20)));
+    json_object_set_new(j, "dirty_track", json_string("bitmap"));
+    return j;
+}
+
 static json_t *params_json(const struct mig_params *p)
 {
     static const char *const modes[] = { "precopy", "postcopy", "hybrid" };
 
-    return json_pack("{s:s, s:s, s:s, s:i, s:I, s:I, s:I, s:s, s:b}", "host", p->host,
+    return params_xfer(json_pack("{s:s, s:s, s:s, s:i, s:I, s:I, s:I, s:s, s:b}", "host", p->host,
                      "port", p->port, "mode", modes[p->mode],
                      "postcopy_after_rounds", (int)p->postcopy_after_rounds,
                      "downtime_limit_ms", (json_int_t)(p->policy.downtime_limit_ns / 1000000),
                      "bandwidth_mibs", (json_int_t)(p->bandwidth_bps >> 20),
                      "max_time_s", (json_int_t)(p->policy.max_time_ns / 1000000000ULL),
                      "on_timeout", p->policy.on_timeout == ON_TIMEOUT_FORCE ? "force" : "fail",
-                     "auto_converge", p->policy.auto_converge);
+                     "auto_converge", p->policy.auto_converge), p);
+}
+
+
+unsigned mig_default_connections(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+    return n < 1 ? 1 : n > 4 ? 4 : (unsigned)n;
+}
+
+static json_int_t xs_get(const uint64_t *v)
+{
+    return (json_int_t)__atomic_load_n(v, __ATOMIC_RELAXED);
+}
+
+/* The parallel engine: what each technique saved and what it cost. The
+ * source reports its sender threads, the destination its appliers. */
+static json_t *transfer_json(const struct migration *m)
+{
+    const struct xfer_stats *x = m->xlive ? m->xlive : &m->xs;
+    static const char *const algos[] = { "none", "lz4", "zstd", "auto" };
+    json_t *cpu = json_array(), *j;
+
+    for (unsigned i = 0; i < m->xconns && i < XFER_MAX_CONNS; i++)
+        json_array_append_new(cpu, json_real(__atomic_load_n(&x->cpu_ns[i],
+                                                             __ATOMIC_RELAXED) / 1e6));
+    j = json_pack("{s:i, s:s, s:I, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
+                  "s:I, s:I}",
+                  "connections", (int)m->xconns,
+                  "compress", m->source ? algos[m->params.compress & 3] : "per batch",
+                  "delta_cache_mib", (json_int_t)(m->params.delta_cache_bytes >> 20),
+                  "dirty_track", "bitmap",
+                  "bytes_raw", xs_get(&x->bytes_raw), "bytes_wire", xs_get(&x->bytes_wire),
+                  "pages_data", xs_get(&x->pages_data),
+                  "zero_pages", xs_get(&x->pages_zero),
+                  "zero_bytes_saved", xs_get(&x->zero_bytes_saved),
+                  "delta_pages", xs_get(&x->pages_delta),
+                  "delta_bytes_saved", xs_get(&x->delta_bytes_saved),
+                  "delta_cache_hits", xs_get(&x->delta_hits),
+                  "delta_cache_misses", xs_get(&x->delta_misses),
+                  "compress_bytes_in", xs_get(&x->comp_in),
+                  "compress_bytes_out", xs_get(&x->comp_out),
+                  "batches", xs_get(&x->batches));
+    json_object_set_new(j, m->source ? "sender_cpu_ms" : "applier_cpu_ms", cpu);
+    return j;
 }
 
 static json_t *postcopy_json(const struct migration *m)
@@ -220,6 +277,18 @@ json_t *mig_status_json(struct migration *m)
                   "throttle_pct", (int)m->throttle, "throttle_max_pct", (int)m->throttle_max,
                   "total_ms", (json_int_t)(mig_elapsed(m) / 1000000),
                   "downtime", downtime_json(&m->downtime), "rounds", rounds);
+    if (m->xconns) {
+        const struct xfer_stats *x = m->xlive ? m->xlive : &m->xs;
+        json_object_set_new(j, "bytes", json_integer(
+            (json_int_t)__atomic_load_n(&m->bytes, __ATOMIC_RELAXED) + xs_get(&x->bytes_wire)));
+        json_object_set_new(j, "pages_normal", json_integer(
+            (json_int_t)__atomic_load_n(&m->pages_normal, __ATOMIC_RELAXED) +
+            xs_get(&x->pages_data) + xs_get(&x->pages_delta)));
+        json_object_set_new(j, "pages_zero", json_integer(
+            (json_int_t)__atomic_load_n(&m->pages_zero, __ATOMIC_RELAXED) +
+            xs_get(&x->pages_zero)));
+    }
+    json_object_set_new(j, "transfer", transfer_json(m));
     if (m->source)
         json_object_set_new(j, "params", params_json(&m->params));
     if (m->pc_start_ns)

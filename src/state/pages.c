@@ -119,7 +119,7 @@ int pages_validate(struct guest_mem *mem, const uint8_t *payload, uint64_t len,
 /* Into the memory file with pwrite(): shmem does not zero a page that a
  * write fills completely, and there is no page fault per page as with a
  * memcpy through the mapping. Contiguous pages go in one call. */
-static int pages_write_run(struct guest_mem *mem, uint64_t gpa, const uint8_t *data,
+int pages_write_run(struct guest_mem *mem, uint64_t gpa, const uint8_t *data,
                            uint64_t len)
 {
     uint8_t *dst = mem_ptr(mem, gpa, len);
@@ -143,7 +143,7 @@ static int pages_write_run(struct guest_mem *mem, uint64_t gpa, const uint8_t *d
 }
 
 /* A zero page is a hole: it reads as zero and gives the memory back. */
-static void pages_zero(struct guest_mem *mem, uint64_t gpa)
+void pages_zero(struct guest_mem *mem, uint64_t gpa)
 {
     uint8_t *dst = mem_ptr(mem, gpa, STREAM_PAGE_SIZE);
 

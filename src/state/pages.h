@@ -37,5 +37,9 @@ int pages_validate(struct guest_mem *mem, const uint8_t *payload, uint64_t len,
                    uint32_t *count, const char **why);
 /* Validates a REC_PAGES payload completely, then applies it. */
 int pages_load(struct guest_mem *mem, const uint8_t *payload, uint64_t len, const char **why);
+/* Contiguous pages into guest RAM (pwrite into the memory file). */
+int pages_write_run(struct guest_mem *mem, uint64_t gpa, const uint8_t *data, uint64_t len);
+/* Makes a page zero: a hole in the memory file (or memset). */
+void pages_zero(struct guest_mem *mem, uint64_t gpa);
 
 #endif
