@@ -24,11 +24,10 @@ static int mig_xfer_params(struct mig_params *p, json_int_t conns, const char *c
         return snprintf(err, len, "compress must be none, lz4, zstd or auto"), -EINVAL;
     if (delta < 0 || delta > 65536)
         return snprintf(err, len, "delta_cache_mib must be 0..65536"), -EINVAL;
-    if (strcmp(dirty_track, "ring") == 0)
-        return snprintf(err, len, "dirty_track ring: the KVM dirty ring is not implemented "
-                        "in this ferry; use bitmap"), -EINVAL;
-    if (strcmp(dirty_track, "bitmap") != 0)
-        return snprintf(err, len, "dirty_track must be ring or bitmap"), -EINVAL;
+    p->dirty_track = strcmp(dirty_track, "ring") == 0 ? MIG_DIRTY_RING :
+                     strcmp(dirty_track, "bitmap") == 0 ? MIG_DIRTY_BITMAP : MIG_DIRTY_AUTO;
+    if (p->dirty_track == MIG_DIRTY_AUTO && strcmp(dirty_track, "auto") != 0)
+        return snprintf(err, len, "dirty_track must be ring, bitmap or auto"), -EINVAL;
     p->connections = conns < 0 ? mig_default_connections() : (unsigned)conns;
     p->compress = a;
     p->delta_cache_bytes = (uint64_t)delta << 20;
@@ -46,7 +45,7 @@ static int mig_params_from_json(json_t *body, struct mig_params *p, int *wait, c
                                 size_t len)
 {
     const char *uri = NULL, *on_timeout = "fail", *mode = "precopy", *compress = "none";
-    const char *dirty_track = "bitmap";
+    const char *dirty_track = "auto";
     json_int_t downtime = 300, bw = 0, max_time = 0, pc_after = 0, conns = -1, delta = 0;
     int auto_converge = 0;
     json_error_t jerr;
@@ -87,6 +86,22 @@ static int mig_params_from_json(json_t *body, struct mig_params *p, int *wait, c
     return mig_parse_uri(uri, p->host, sizeof(p->host), p->port, sizeof(p->port), err, len);
 }
 
+/* The ring is a property of the VM (ferry run --dirty-ring): it replaces
+ * the bitmap log, so each VM offers exactly one of them. */
+static int mig_dirty_track_check(const struct vm *vm, struct mig_params *p, char *err,
+                                 size_t len)
+{
+    if (p->dirty_track == MIG_DIRTY_AUTO)
+        p->dirty_track = vm->dirty_ring ? MIG_DIRTY_RING : MIG_DIRTY_BITMAP;
+    if (p->dirty_track == MIG_DIRTY_RING && !vm->dirty_ring)
+        return snprintf(err, len, "dirty_track ring needs a VM started with --dirty-ring "
+                        "(KVM's dirty ring is enabled before the vCPUs exist)"), -EINVAL;
+    if (p->dirty_track == MIG_DIRTY_BITMAP && vm->dirty_ring)
+        return snprintf(err, len, "this VM was started with --dirty-ring: its dirty pages "
+                        "come from the ring, not the bitmap"), -EINVAL;
+    return 0;
+}
+
 static int route_migration_start(void *ctx, json_t *body, json_t **resp)
 {
     struct vm *vm = ctx;
@@ -95,6 +110,10 @@ static int route_migration_start(void *ctx, json_t *body, json_t **resp)
     char err[256] = "";
 
     if (mig_params_from_json(body, &p, &wait, err, sizeof(err)) < 0) {
+        *resp = api_error("%s", err);
+        return 400;
+    }
+    if (mig_dirty_track_check(vm, &p, err, sizeof(err)) < 0) {
         *resp = api_error("%s", err);
         return 400;
     }

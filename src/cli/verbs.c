@@ -99,7 +99,8 @@ static void migrate_usage(void)
         "  --compress none|lz4|zstd|auto    per-batch compression (default none)\n"
         "  --delta                delta-encode pages sent again (64 MiB cache)\n"
         "  --delta-cache MiB      ... with this cache size (0: off)\n"
-        "  --dirty-track bitmap|ring        dirty tracking (default bitmap)\n"
+        "  --dirty-track bitmap|ring|auto   dirty tracking (default auto: ring on a VM\n"
+        "                         run with --dirty-ring, else bitmap)\n"
         "  --wait                 show progress and print the final report\n");
 }
 
@@ -150,7 +151,7 @@ static int migrate_parse(int argc, char **argv, struct migrate_opts *o)
 
     *o = (struct migrate_opts){ .downtime_ms = 300, .on_timeout = "fail", .mode = "precopy",
                                 .connections = -1, .compress = "none",
-                                .dirty_track = "bitmap" };
+                                .dirty_track = "auto" };
     optind = 0;
     opterr = 0;
     while (ret == 0 && (opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "util/util.h"
+#include "vm/vm.h"
 
 void mig_init(struct migration *m)
 {
@@ -136,9 +137,18 @@ int mig_cancel(struct migration *m)
     return ret;
 }
 
+static json_t *u64_array(const uint64_t *v, unsigned n)
+{
+    json_t *a = json_array();
+
+    for (unsigned i = 0; i < n; i++)
+        json_array_append_new(a, json_integer((json_int_t)v[i]));
+    return a;
+}
+
 static json_t *round_json(const struct mig_round *r)
 {
-    return json_pack("{s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:i, s:I}",
+    json_t *j = json_pack("{s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:i, s:I}",
                      "round", (int)r->round, "pages", (json_int_t)r->pages,
                      "zero_pages", (json_int_t)r->zero, "bytes", (json_int_t)r->bytes,
                      "duration_ms", (json_int_t)(r->duration_ns / 1000000),
@@ -146,6 +156,10 @@ static json_t *round_json(const struct mig_round *r)
                      "dirty_rate_pps", (json_int_t)r->dirty_rate_pps,
                      "throttle_pct", (int)r->throttle,
                      "expected_downtime_ms", (json_int_t)(r->expected_downtime_ns / 1000000));
+
+    if (r->nvcpus)
+        json_object_set_new(j, "vcpu_dirty_pps", u64_array(r->vcpu_pps, r->nvcpus));
+    return j;
 }
 
 static json_t *downtime_json(const struct mig_downtime *d)
@@ -165,7 +179,8 @@ static json_t *params_xfer(json_t *j, const struct mig_params *p)
     json_object_set_new(j, "connections", json_integer(p->connections));
     json_object_set_new(j, "compress", json_string(algos[p->compress & 3]));
     json_object_set_new(j, "delta_cache_mib", json_integer((json_int_t)(p->delta_cache_bytes >> 20)));
-    json_object_set_new(j, "dirty_track", json_string("bitmap"));
+    json_object_set_new(j, "dirty_track", json_string(p->dirty_track == MIG_DIRTY_RING ?
+                                                       "ring" : "bitmap"));
     return j;
 }
 
@@ -212,7 +227,7 @@ static json_t *transfer_json(const struct migration *m)
                   "connections", (int)m->xconns,
                   "compress", m->source ? algos[m->params.compress & 3] : "per batch",
                   "delta_cache_mib", (json_int_t)(m->params.delta_cache_bytes >> 20),
-                  "dirty_track", "bitmap",
+                  "dirty_track", m->params.dirty_track == MIG_DIRTY_RING ? "ring" : "bitmap",
                   "bytes_raw", xs_get(&x->bytes_raw), "bytes_wire", xs_get(&x->bytes_wire),
                   "pages_data", xs_get(&x->pages_data),
                   "zero_pages", xs_get(&x->pages_zero),
@@ -289,6 +304,22 @@ json_t *mig_status_json(struct migration *m)
             xs_get(&x->pages_zero)));
     }
     json_object_set_new(j, "transfer", transfer_json(m));
+    if (m->source && m->throttle_max && m->total_ns) {
+        json_t *t = json_array();
+        for (unsigned i = 0; m->vm && i < m->vm->ncpus && i < 64; i++)
+            json_array_append_new(t, json_real(m->vcpu_throttled_ns[i] / 1e6));
+        json_object_set_new(j, "vcpu_throttled_ms", t);
+    }
+    if (m->nvcpu_pps) {
+        json_t *t = json_array();
+        for (unsigned i = 0; i < m->nvcpu_pps && i < 64; i++)
+            if (!m->throttle_mask || (m->throttle_mask & (1ULL << i)))
+                json_array_append_new(t, json_integer(i));
+        json_object_set_new(j, "vcpu_dirty_rate_pps", u64_array(m->vcpu_pps, m->nvcpu_pps));
+        json_object_set_new(j, "throttled_vcpus", m->throttle_max ? t : json_array());
+        if (!m->throttle_max)
+            json_decref(t);
+    }
     if (m->source)
         json_object_set_new(j, "params", params_json(&m->params));
     if (m->pc_start_ns)

@@ -73,7 +73,11 @@ struct mig_params {
     unsigned connections;        /* data connections; 0: pages on the main channel */
     unsigned compress;           /* enum xc_algo */
     uint64_t delta_cache_bytes;  /* 0: no delta encoding */
+    unsigned dirty_track;        /* enum mig_dirty_track */
 };
+
+enum mig_dirty_track { MIG_DIRTY_BITMAP, MIG_DIRTY_RING, MIG_DIRTY_AUTO };
+#define MIG_ROUND_VCPUS 8            /* per-vCPU rates kept per round */
 
 /* Connections when not asked for: one per core, 1..4. */
 unsigned mig_default_connections(void);
@@ -88,6 +92,8 @@ struct mig_round {
     uint64_t dirty_rate_pps;
     unsigned throttle;
     uint64_t expected_downtime_ns;
+    unsigned nvcpus;             /* dirty ring: per-vCPU dirty rates below */
+    uint64_t vcpu_pps[MIG_ROUND_VCPUS];
 };
 
 struct mig_downtime {
@@ -137,6 +143,11 @@ struct migration {
     uint64_t pc_pushed, pc_demanded, pc_faults, pc_zero_faults, pc_blocked_ns;
     uint32_t pc_p50_us, pc_p99_us, pc_max_us;
     unsigned pc_recoveries;
+    /* dirty ring: per-vCPU dirty rates of the last round, throttled vCPUs */
+    unsigned nvcpu_pps;
+    uint64_t vcpu_pps[64];
+    uint64_t throttle_mask;
+    uint64_t vcpu_throttled_ns[64];  /* auto-converge: time each vCPU slept */
     /* parallel engine: live counters while running, then a copy */
     const struct xfer_stats *xlive;
     struct xfer_stats xs;

@@ -308,6 +308,26 @@ int src_wait_round_ack(struct mig_src *s)
 
 /* One round: copy (round 1: all; later: the dirty set), then sync the log
  * and ask the policy. Returns the policy's action. */
+/* Dirty ring: what each vCPU dirtied during the round, per second. */
+static void src_vcpu_rates(struct mig_src *s, struct mig_round *r)
+{
+    struct migration *m = s->m;
+    unsigned n = s->dirty.nrings;
+
+    pthread_mutex_lock(&m->lock);
+    m->nvcpu_pps = n;
+    for (unsigned v = 0; v < n; v++) {
+        uint64_t now = __atomic_load_n(&s->dirty.vcpu_pages[v], __ATOMIC_RELAXED);
+        m->vcpu_pps[v] = r->duration_ns ? (now - s->vcpu_pages0[v]) * NS_PER_S / r->duration_ns
+                                        : 0;
+        s->vcpu_pages0[v] = now;
+        if (v < MIG_ROUND_VCPUS)
+            r->vcpu_pps[v] = m->vcpu_pps[v];
+    }
+    r->nvcpus = MIN(n, MIG_ROUND_VCPUS);
+    pthread_mutex_unlock(&m->lock);
+}
+
 /* Pages and bytes of both the main channel and the data connections. */
 static void src_totals(struct mig_src *s, uint64_t *normal, uint64_t *zero, uint64_t *bytes)
 {
@@ -357,6 +377,7 @@ static int src_round(struct mig_src *s, unsigned round, struct policy_decision *
     r.dirty_pages = (uint64_t)dirty;
     r.dirty_rate_pps = r.duration_ns ? (uint64_t)dirty * NS_PER_S / r.duration_ns : 0;
     src_publish(s);
+    src_vcpu_rates(s, &r);
     src_update_bandwidth(s, src_round_link_bytes(s, r.pages, r.bytes), r.duration_ns,
                          s->xon && src_round_link_bytes(s, 1, 0));
     in = (struct policy_input){
@@ -411,6 +432,13 @@ static int src_precopy(struct mig_src *s, bool *forced, bool *postcopy)
         case POLICY_FAIL:
             return src_fail(s, -ETIMEDOUT, "%.200s", "did not converge within --max-time");
         case POLICY_THROTTLE:
+            if (s->dirty.nrings) {   /* only the vCPUs that dirty memory */
+                uint64_t mask = policy_throttle_mask(s->m->vcpu_pps, s->dirty.nrings);
+                /* a throttled round dirties little: too little to choose again */
+                if (mask)
+                    s->m->throttle_mask = mask;
+                throttle_set_mask(s->vm, s->m->throttle_mask);
+            }
             s->m->throttle = d.throttle;
             s->m->throttle_max = MAX(s->m->throttle_max, d.throttle);
             throttle_set(s->vm, d.throttle);
@@ -546,12 +574,26 @@ static int src_connect(struct mig_src *s)
     return ret;
 }
 
+static int src_dirty_start(struct mig_src *s)
+{
+    struct vm *vm = s->vm;
+    int fds[VM_MAX_VCPUS];
+
+    if (s->m->params.dirty_track != MIG_DIRTY_RING)
+        return dirty_start(&s->dirty, vm->vm_fd, &vm->mem);
+    for (unsigned i = 0; i < vm->ncpus; i++)
+        fds[i] = vm->vcpus[i].fd;
+    return dirty_start_ring(&s->dirty, vm->vm_fd, &vm->mem, fds, vm->ncpus, vm->dirty_ring);
+}
+
 static int src_run(struct mig_src *s)
 {
     bool forced = false, postcopy = false;
     int ret = src_connect(s);
 
-    if (ret == 0 && (ret = dirty_start(&s->dirty, s->vm->vm_fd, &s->vm->mem)) < 0)
+    for (unsigned i = 0; i < s->vm->ncpus && i < 64; i++)
+        s->throttled0[i] = __atomic_load_n(&s->vm->vcpus[i].throttled_ns, __ATOMIC_RELAXED);
+    if (ret == 0 && (ret = src_dirty_start(s)) < 0)
         src_fail(s, ret, "starting dirty logging: %.200s", strerror(-ret));
     if (ret == 0) {
         src_set_state(s, MIG_PRECOPY);
@@ -578,6 +620,10 @@ static void src_cleanup(struct mig_src *s, int ret)
     xfer_stop(&s->x);
     s->xon = false;
     throttle_set(s->vm, 0);
+    throttle_set_mask(s->vm, 0);
+    for (unsigned i = 0; i < s->vm->ncpus && i < 64; i++)
+        m->vcpu_throttled_ns[i] = __atomic_load_n(&s->vm->vcpus[i].throttled_ns,
+                                                  __ATOMIC_RELAXED) - s->throttled0[i];
     if (s->dirty.enabled)
         dirty_stop(&s->dirty);
     if (ret < 0 && s->sock >= 0 && s->out.err == 0)

@@ -26,6 +26,8 @@ struct mig_src {
     struct page_batch batch;
     struct page_stats ps;       /* whole migration, main channel */
     struct xfer x;              /* data connections (params.connections > 0) */
+    uint64_t vcpu_pages0[DIRTY_MAX_RINGS];   /* dirty ring: counts at the round's start */
+    uint64_t throttled0[64];    /* each vCPU's throttled time before this migration */
     bool xon;
     uint64_t bw_bps;            /* best estimate of the link */
     bool paused;                /* by this migration */
