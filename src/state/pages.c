@@ -6,22 +6,8 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "codec/zero.h"
 #include "util/util.h"
-
-bool page_is_zero(const void *page)
-{
-    const uint64_t *p = page;
-    uint64_t acc = 0;
-
-    /* OR in blocks so the compiler vectorises; exit early per 512 bytes. */
-    for (unsigned i = 0; i < STREAM_PAGE_SIZE / 8; i += 64) {
-        for (unsigned j = 0; j < 64; j++)
-            acc |= p[i + j];
-        if (acc)
-            return false;
-    }
-    return true;
-}
 
 int page_batch_flush(struct page_batch *b, struct stream_io *io, struct page_stats *st)
 {
@@ -43,7 +29,7 @@ int page_batch_flush(struct page_batch *b, struct stream_io *io, struct page_sta
 int page_batch_add(struct page_batch *b, struct stream_io *io, uint64_t gpa,
                    const uint8_t *hva, bool send_zero_marker, struct page_stats *st)
 {
-    if (page_is_zero(hva)) {
+    if (zero_page_check(hva)) {
         st->zero++;
         if (!send_zero_marker)
             return 0;

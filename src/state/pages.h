@@ -25,7 +25,6 @@ struct page_batch {
     uint8_t data[STREAM_PAGES_PER_REC][STREAM_PAGE_SIZE] __attribute__((aligned(64)));
 };
 
-bool page_is_zero(const void *page);
 /* Adds a page; flushes the batch as a record when it is full. */
 int page_batch_add(struct page_batch *b, struct stream_io *io, uint64_t gpa,
                    const uint8_t *hva, bool send_zero_marker, struct page_stats *st);

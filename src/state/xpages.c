@@ -97,7 +97,8 @@ static int xpages_write(struct guest_mem *mem, const uint8_t *p, const struct xp
         }
         if ((e & PAGE_F_MASK) == XPAGE_DELTA) {
             memcpy(&n, body, 4);
-            if (xc_delta_decode(body + 4, n, mem_ptr(mem, gpa, STREAM_PAGE_SIZE)) < 0)
+            /* n == 0: dirtied but unchanged, nothing to apply */
+            if (n && xc_delta_decode(body + 4, n, mem_ptr(mem, gpa, STREAM_PAGE_SIZE)) < 0)
                 return *why = "page delta does not decode", -EBADMSG;
             body += 4 + n;
             c->delta++, i++;

@@ -180,7 +180,8 @@ static void transfer(unsigned conns, enum xc_algo algo, uint64_t delta, struct x
     for (unsigned pg = 0; pg < PAGES; pg++)
         assert_int_equal(xfer_add(&x, (uint64_t)pg * PG, true), 0);
     assert_int_equal(xfer_round_end(&x, 1), 0);
-    assert_int_equal(xfer_dst_wait(&xd, 1, 10, why, sizeof(why)), 0);
+    if (xfer_dst_wait(&xd, 1, 10, why, sizeof(why)) < 0)
+        fail_msg("%s", why);
     for (unsigned pg = 0; pg < PAGES; pg += 5) {  /* round 2: small changes */
         src[(uint64_t)pg * PG + pg % PG] ^= 0xff;
         if (pg % 50 == 0)
@@ -194,7 +195,8 @@ static void transfer(unsigned conns, enum xc_algo algo, uint64_t delta, struct x
         assert_int_equal(xfer_add(&x, (uint64_t)pg * PG, true), 0);
     }
     assert_int_equal(xfer_end(&x), 0);
-    assert_int_equal(xfer_dst_wait(&xd, UINT32_MAX, 10, why, sizeof(why)), 0);
+    if (xfer_dst_wait(&xd, UINT32_MAX, 10, why, sizeof(why)) < 0)
+        fail_msg("%s", why);
     for (unsigned pg = 0; pg < PAGES; pg++)
         assert_memory_equal(dst + (uint64_t)pg * PG, src + (uint64_t)pg * PG, PG);
     *out = x.st;
@@ -245,6 +247,24 @@ static void test_transfer_compressed(void **state)
     transfer(1, XC_AUTO, 8u << 20, &st);
 }
 
+static void test_auto_decision(void **state)
+{
+    const uint64_t MB = 1000000;
+
+    (void)state;
+    /* a 50 MB/s link, 300 MB/s per thread, data halves: the link limits */
+    assert_true(xc_auto_worth(50 * MB, 300 * MB, 2, 0.5));
+    /* loopback-fast link: the CPU would be the bottleneck */
+    assert_false(xc_auto_worth(5000 * MB, 300 * MB, 2, 0.5));
+    /* barely compressible data is not worth it */
+    assert_false(xc_auto_worth(50 * MB, 300 * MB, 2, 0.97));
+    /* the last copy: compressing shortens it only on the slow link */
+    assert_true(xc_transfer_ns(64 * MB, 50 * MB, 300 * MB, 4, 0.4, true) <
+                xc_transfer_ns(64 * MB, 50 * MB, 300 * MB, 4, 0.4, false));
+    assert_true(xc_transfer_ns(64 * MB, 5000 * MB, 300 * MB, 4, 0.4, true) >
+                xc_transfer_ns(64 * MB, 5000 * MB, 300 * MB, 4, 0.4, false));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -255,6 +275,7 @@ int main(void)
         cmocka_unit_test(test_transfer_plain),
         cmocka_unit_test(test_transfer_delta),
         cmocka_unit_test(test_transfer_compressed),
+        cmocka_unit_test(test_auto_decision),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
