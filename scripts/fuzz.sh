@@ -1,21 +1,35 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer targets with clang (ASan + UBSan) and fuzzes the state
-# stream reader for SECONDS (default 300). Exits non-zero on any crash.
+# Builds the libFuzzer targets with clang (ASan + UBSan) and fuzzes each for
+# SECONDS (default 300): the state stream reader, the page delta decoder and
+# the lz4/zstd decoders. Usage: scripts/fuzz.sh [SECONDS [TARGET...]] with
+# TARGET one of stream, delta, decompress (default: all). Prints one line per
+# target; exits non-zero if any target crashed.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 seconds=${1:-300}
+shift || true
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(stream delta decompress)
 build="$root/build/fuzz"
-corpus="$root/build/fuzz-corpus/stream"
 
 if [ ! -f "$build/build.ninja" ]; then
     CC=clang meson setup "$build" "$root" -Dfuzz=true -Db_sanitize=address,undefined \
         -Db_lundef=false >/dev/null
 fi
-ninja -C "$build" fuzz_stream >"$build/../fuzz-build.log" 2>&1 || { tail -30 "$build/../fuzz-build.log"; exit 1; }
-mkdir -p "$corpus"
-[ -f "$corpus/seed" ] || FERRY_FUZZ_WRITE_SEED="$corpus/seed" "$build/fuzz_stream"
-cd "$build"
-./fuzz_stream -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1 \
-    "$corpus" > "$build/fuzz.log" 2>&1 || { tail -40 "$build/fuzz.log"; exit 1; }
-grep -E 'stat::number_of_executed_units|stat::peak_rss' "$build/fuzz.log" | tr '\n' ' '
-echo
+ninja -C "$build" "${targets[@]/#/fuzz_}" >"$build/../fuzz-build.log" 2>&1 ||
+    { tail -30 "$build/../fuzz-build.log"; exit 1; }
+
+rc=0
+for t in "${targets[@]}"; do
+    corpus="$root/build/fuzz-corpus/$t"
+    log="$build/fuzz-$t.log"
+    mkdir -p "$corpus"
+    [ -n "$(ls -A "$corpus")" ] || FERRY_FUZZ_WRITE_SEED="$corpus/seed" "$build/fuzz_$t"
+    if (cd "$build" && "./fuzz_$t" -max_total_time="$seconds" -rss_limit_mb=2048 \
+            -print_final_stats=1 "$corpus" >"$log" 2>&1); then
+        echo "fuzz $t stats: $(grep -E 'stat::number_of_executed_units|stat::peak_rss' "$log" | tr '\n' ' ')"
+    else
+        echo "fuzz $t: FAILED"; tail -40 "$log"; rc=1
+    fi
+done
+exit $rc

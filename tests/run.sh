@@ -52,13 +52,19 @@ PY
     failed=$((failed + ${counts#* }))
 }
 
-# The stream reader's fuzz target, for a short bounded time (make fuzz runs longer).
+# Every fuzz target for a short bounded time, FUZZ_SECONDS (30) split among
+# them (make fuzz runs each longer); each target counts as one test.
 run_fuzz() {
-    if "$root/scripts/fuzz.sh" "${FUZZ_SECONDS:-20}"; then
-        echo "fuzz stream: 1 passed, 0 failed"; passed=$((passed + 1))
-    else
-        echo "fuzz stream: 0 passed, 1 failed"; failed=$((failed + 1))
-    fi
+    local t targets=(stream delta decompress) secs
+    secs=$(( ${FUZZ_SECONDS:-30} / ${#targets[@]} ))
+    [ "$secs" -ge 1 ] || secs=1
+    for t in "${targets[@]}"; do
+        if "$root/scripts/fuzz.sh" "$secs" "$t"; then
+            echo "fuzz $t: 1 passed, 0 failed"; passed=$((passed + 1))
+        else
+            echo "fuzz $t: 0 passed, 1 failed"; failed=$((failed + 1))
+        fi
+    done
 }
 
 case "${FERRY_ONLY:-all}" in

@@ -3,26 +3,62 @@
 
 #include <errno.h>
 #include <jansson.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "migration/migration.h"
+#include "state/xcodec.h"
 #include "util/util.h"
 #include "vm/vm.h"
+
+/* The transfer engine's options: connections (-1: one per core, up to 4),
+ * compression, delta cache, dirty tracking. */
+static int mig_xfer_params(struct mig_params *p, json_int_t conns, const char *compress,
+                           json_int_t delta, const char *dirty_track, char *err, size_t len)
+{
+    enum xc_algo a;
+
+    if (conns < -1 || conns > MIG_MAX_CONNS)
+        return snprintf(err, len, "connections must be 0..%d", MIG_MAX_CONNS), -EINVAL;
+    if (xc_algo_parse(compress, &a) < 0)
+        return snprintf(err, len, "compress must be none, lz4, zstd or auto"), -EINVAL;
+    if (delta < 0 || delta > 65536)
+        return snprintf(err, len, "delta_cache_mib must be 0..65536"), -EINVAL;
+    p->dirty_track = strcmp(dirty_track, "ring") == 0 ? MIG_DIRTY_RING :
+                     strcmp(dirty_track, "bitmap") == 0 ? MIG_DIRTY_BITMAP : MIG_DIRTY_AUTO;
+    if (p->dirty_track == MIG_DIRTY_AUTO && strcmp(dirty_track, "auto") != 0)
+        return snprintf(err, len, "dirty_track must be ring, bitmap or auto"), -EINVAL;
+    p->connections = conns < 0 ? mig_default_connections() : (unsigned)conns;
+    p->compress = a;
+    p->delta_cache_bytes = (uint64_t)delta << 20;
+    if (!p->connections && (a != XC_NONE || delta))
+        return snprintf(err, len, "compression and delta encoding need connections >= 1"),
+               -EINVAL;
+    if (a != XC_NONE && !xc_algo_built(a == XC_AUTO ? XC_ZSTD : a))
+        return snprintf(err, len, "this ferry was built without %s", xc_algo_name(a)), -EINVAL;
+    if (delta && !xc_delta_built())
+        return snprintf(err, len, "this ferry was built without delta encoding"), -EINVAL;
+    return 0;
+}
 
 static int mig_params_from_json(json_t *body, struct mig_params *p, int *wait, char *err,
                                 size_t len)
 {
-    const char *uri = NULL, *on_timeout = "fail", *mode = "precopy";
-    json_int_t downtime = 300, bw = 0, max_time = 0, pc_after = 0;
+    const char *uri = NULL, *on_timeout = "fail", *mode = "precopy", *compress = "none";
+    const char *dirty_track = "auto";
+    json_int_t downtime = 300, bw = 0, max_time = 0, pc_after = 0, conns = -1, delta = 0;
     int auto_converge = 0;
     json_error_t jerr;
 
     if (!body || json_unpack_ex(body, &jerr, JSON_STRICT,
-                                "{s:s, s?I, s?I, s?I, s?s, s?b, s?b, s?s, s?I}",
+                                "{s:s, s?I, s?I, s?I, s?s, s?b, s?b, s?s, s?I, s?I, s?s, s?I, "
+                                "s?s}",
                                 "uri", &uri, "downtime_ms", &downtime, "bandwidth_mibs", &bw,
                                 "max_time_s", &max_time, "on_timeout", &on_timeout,
                                 "auto_converge", &auto_converge, "wait", wait, "mode", &mode,
-                                "postcopy_after_rounds", &pc_after) < 0) {
+                                "postcopy_after_rounds", &pc_after, "connections", &conns,
+                                "compress", &compress, "delta_cache_mib", &delta,
+                                "dirty_track", &dirty_track) < 0) {
         snprintf(err, len, "bad migration request: %s", body ? jerr.text : "no body");
         return -EINVAL;
     }
@@ -36,6 +72,8 @@ static int mig_params_from_json(json_t *body, struct mig_params *p, int *wait, c
                  "precopy, postcopy or hybrid");
         return -EINVAL;
     }
+    if (mig_xfer_params(p, conns, compress, delta, dirty_track, err, len) < 0)
+        return -EINVAL;
     p->mode = mode[0] == 'h' ? MIG_MODE_HYBRID : mode[4] == 'c' ? MIG_MODE_POSTCOPY
                                                                   : MIG_MODE_PRECOPY;
     p->postcopy_after_rounds = (unsigned)pc_after;
@@ -48,6 +86,22 @@ static int mig_params_from_json(json_t *body, struct mig_params *p, int *wait, c
     return mig_parse_uri(uri, p->host, sizeof(p->host), p->port, sizeof(p->port), err, len);
 }
 
+/* The ring is a property of the VM (ferry run --dirty-ring): it replaces
+ * the bitmap log, so each VM offers exactly one of them. */
+static int mig_dirty_track_check(const struct vm *vm, struct mig_params *p, char *err,
+                                 size_t len)
+{
+    if (p->dirty_track == MIG_DIRTY_AUTO)
+        p->dirty_track = vm->dirty_ring ? MIG_DIRTY_RING : MIG_DIRTY_BITMAP;
+    if (p->dirty_track == MIG_DIRTY_RING && !vm->dirty_ring)
+        return snprintf(err, len, "dirty_track ring needs a VM started with --dirty-ring "
+                        "(KVM's dirty ring is enabled before the vCPUs exist)"), -EINVAL;
+    if (p->dirty_track == MIG_DIRTY_BITMAP && vm->dirty_ring)
+        return snprintf(err, len, "this VM was started with --dirty-ring: its dirty pages "
+                        "come from the ring, not the bitmap"), -EINVAL;
+    return 0;
+}
+
 static int route_migration_start(void *ctx, json_t *body, json_t **resp)
 {
     struct vm *vm = ctx;
@@ -56,6 +110,10 @@ static int route_migration_start(void *ctx, json_t *body, json_t **resp)
     char err[256] = "";
 
     if (mig_params_from_json(body, &p, &wait, err, sizeof(err)) < 0) {
+        *resp = api_error("%s", err);
+        return 400;
+    }
+    if (mig_dirty_track_check(vm, &p, err, sizeof(err)) < 0) {
         *resp = api_error("%s", err);
         return 400;
     }

@@ -10,7 +10,8 @@
 #include "util/util.h"
 
 enum { OPT_KERNEL = 256, OPT_INITRD, OPT_CMDLINE, OPT_MEMORY, OPT_CPUS,
-       OPT_API, OPT_CONSOLE, OPT_DEBUGCON, OPT_LOG, OPT_SNAPSHOT, OPT_PAUSED, OPT_INCOMING };
+       OPT_API, OPT_CONSOLE, OPT_DEBUGCON, OPT_LOG, OPT_SNAPSHOT, OPT_PAUSED, OPT_INCOMING,
+       OPT_DIRTY_RING };
 
 static const struct option run_options[] = {
     { "kernel", required_argument, NULL, OPT_KERNEL },
@@ -25,6 +26,7 @@ static const struct option run_options[] = {
     { "snapshot", required_argument, NULL, OPT_SNAPSHOT },
     { "paused", no_argument, NULL, OPT_PAUSED },
     { "incoming", required_argument, NULL, OPT_INCOMING },
+    { "dirty-ring", no_argument, NULL, OPT_DIRTY_RING },
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
@@ -43,6 +45,8 @@ void args_run_usage(void)
         "  --api-socket PATH     serve the REST API on this unix socket\n"
         "  --console stdio|file:PATH|none   serial console (default stdio)\n"
         "  --debugcon PATH       port 0xe9 output to this file or FIFO\n"
+        "  --dirty-ring          track dirty pages with KVM's per-vCPU dirty ring\n"
+        "                        (migrations then give per-vCPU dirty rates)\n"
         "  --log-level error|warning|info|debug, -v for debug\n",
         ARGS_DEFAULT_MEMORY_MIB, VM_MAX_VCPUS);
 }
@@ -127,6 +131,7 @@ static int args_one(int opt, struct run_args *a, char *err, size_t len)
     case OPT_SNAPSHOT: a->snapshot = optarg; return 0;
     case OPT_PAUSED: a->paused = true; return 0;
     case OPT_INCOMING: a->incoming = optarg; return 0;
+    case OPT_DIRTY_RING: c->dirty_ring = DIRTY_RING_ENTRIES; return 0;
     case OPT_API: c->api_socket = optarg; return 0;
     case OPT_CONSOLE: c->console = optarg; return args_console(optarg, err, len);
     case OPT_DEBUGCON: c->debugcon = optarg; return 0;

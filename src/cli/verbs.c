@@ -94,15 +94,23 @@ static void migrate_usage(void)
         "  --auto-converge        throttle vCPUs when memory is dirtied too fast\n"
         "  --mode precopy|postcopy|hybrid   (default precopy)\n"
         "  --postcopy-after-rounds N        hybrid: switch to post-copy after N rounds\n"
+        "  --connections N        data connections (default: one per core, up to 4;\n"
+        "                         0: pages on the main channel)\n"
+        "  --compress none|lz4|zstd|auto    per-batch compression (default none)\n"
+        "  --delta                delta-encode pages sent again (64 MiB cache)\n"
+        "  --delta-cache MiB      ... with this cache size (0: off)\n"
+        "  --dirty-track bitmap|ring|auto   dirty tracking (default auto: ring on a VM\n"
+        "                         run with --dirty-ring, else bitmap)\n"
         "  --wait                 show progress and print the final report\n");
 }
 
 struct migrate_opts {
     const char *sock;
     const char *uri;
-    long long downtime_ms, bandwidth, max_time, pc_after;
+    long long downtime_ms, bandwidth, max_time, pc_after, connections, delta_mib;
     const char *on_timeout;
     const char *mode;
+    const char *compress, *dirty_track;
     bool auto_converge, wait;
 };
 
@@ -131,12 +139,19 @@ static int migrate_parse(int argc, char **argv, struct migrate_opts *o)
         { "wait", no_argument, NULL, 'w' },
         { "mode", required_argument, NULL, 'm' },
         { "postcopy-after-rounds", required_argument, NULL, 'p' },
+        { "connections", required_argument, NULL, 'c' },
+        { "compress", required_argument, NULL, 'z' },
+        { "delta", no_argument, NULL, 'D' },
+        { "delta-cache", required_argument, NULL, 'C' },
+        { "dirty-track", required_argument, NULL, 'T' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     int opt, ret = 0;
 
-    *o = (struct migrate_opts){ .downtime_ms = 300, .on_timeout = "fail", .mode = "precopy" };
+    *o = (struct migrate_opts){ .downtime_ms = 300, .on_timeout = "fail", .mode = "precopy",
+                                .connections = -1, .compress = "none",
+                                .dirty_track = "auto" };
     optind = 0;
     opterr = 0;
     while (ret == 0 && (opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -150,6 +165,11 @@ static int migrate_parse(int argc, char **argv, struct migrate_opts *o)
         case 'w': o->wait = true; break;
         case 'm': o->mode = optarg; break;
         case 'p': ret = migrate_number(optarg, &o->pc_after, "--postcopy-after-rounds"); break;
+        case 'c': ret = migrate_number(optarg, &o->connections, "--connections"); break;
+        case 'z': o->compress = optarg; break;
+        case 'D': o->delta_mib = 64; break;
+        case 'C': ret = migrate_number(optarg, &o->delta_mib, "--delta-cache"); break;
+        case 'T': o->dirty_track = optarg; break;
         case 'h': return 1;
         default: fprintf(stderr, "ferry migrate: unknown option %s\n", argv[optind - 1]); return -EINVAL;
         }
@@ -253,6 +273,11 @@ int verb_migrate_main(int argc, char **argv)
                      "on_timeout", o.on_timeout, "auto_converge", o.auto_converge,
                      "wait", o.wait, "mode", o.mode, "postcopy_after_rounds",
                      (json_int_t)o.pc_after);
+    json_object_set_new(body, "compress", json_string(o.compress));
+    json_object_set_new(body, "delta_cache_mib", json_integer(o.delta_mib));
+    json_object_set_new(body, "dirty_track", json_string(o.dirty_track));
+    if (o.connections >= 0)
+        json_object_set_new(body, "connections", json_integer(o.connections));
     text = json_dumps(body, JSON_COMPACT);
     json_decref(body);
     ret = o.wait ? migrate_wait(o.sock, text)

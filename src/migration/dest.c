@@ -39,6 +39,9 @@ struct mig_dst {
     struct stream_io uin, uout;
     pthread_t uthread, thread;
     bool uthread_started, thread_started, stop;
+    /* parallel engine */
+    unsigned nconns;
+    struct xfer_dst xd;
 };
 
 static struct mig_dst *dst_current;   /* the one incoming migration of this process */
@@ -65,6 +68,49 @@ static int dst_refuse(struct mig_dst *d, int ret, const char *why)
     return ret;
 }
 
+/* A feature this destination was told not to offer (a test knob standing
+ * in for an older or differently built ferry): FERRY_INCOMING_DISABLE is a
+ * comma-separated list of lz4, zstd, delta, connections. */
+static bool dst_disabled(const char *what)
+{
+    const char *env = getenv("FERRY_INCOMING_DISABLE"), *p = env;
+    size_t n = strlen(what);
+
+    while (p && (p = strstr(p, what)) != NULL) {
+        if ((p == env || p[-1] == ',') && (p[n] == '\0' || p[n] == ','))
+            return true;
+        p += n;
+    }
+    return false;
+}
+
+/* What the source asks for (MIG_FLAG_XFER) must all be offered here. */
+static int dst_check_caps(struct mig_dst *d, const struct stream_header *h, char *msg,
+                          size_t len)
+{
+    uint32_t conns = 0, feat = 0;
+
+    if (h->proto_flags & MIG_FLAG_XFER) {
+        memcpy(&conns, h->reserved, 4);
+        memcpy(&feat, h->reserved + 4, 4);
+    }
+    if (conns > MIG_MAX_CONNS || (feat & ~MIG_CAP_ALL))
+        return snprintf(msg, len, "unknown migration capabilities asked for"), -EPROTO;
+    if (conns && dst_disabled("connections"))
+        return snprintf(msg, len, "destination does not support parallel connections "
+                        "(asked for %u)", conns), -EPROTO;
+    if ((feat & MIG_CAP_LZ4) && (dst_disabled("lz4") || !xc_algo_built(XC_LZ4)))
+        return snprintf(msg, len, "destination does not support lz4 compression"), -EPROTO;
+    if ((feat & MIG_CAP_ZSTD) && (dst_disabled("zstd") || !xc_algo_built(XC_ZSTD)))
+        return snprintf(msg, len, "destination does not support zstd compression"), -EPROTO;
+    if ((feat & MIG_CAP_DELTA) && (dst_disabled("delta") || !xc_delta_built()))
+        return snprintf(msg, len, "destination does not support delta encoding"), -EPROTO;
+    if (feat && !conns)
+        return snprintf(msg, len, "compression and delta need data connections"), -EPROTO;
+    d->nconns = conns;
+    return 0;
+}
+
 /* Everything about the VM is checked before any memory is allocated. */
 static int dst_check_hello(struct mig_dst *d, const struct stream_header *h)
 {
@@ -79,8 +125,10 @@ static int dst_check_hello(struct mig_dst *d, const struct stream_header *h)
                  "(this ferry speaks version %u)", h->proto_version, MIG_PROTO_VERSION);
         return dst_refuse(d, -EPROTO, msg);
     }
-    if (h->proto_flags != 0)
+    if (h->proto_flags & ~MIG_FLAG_XFER)
         return dst_refuse(d, -EPROTO, "expected a new migration, got a recovery or a channel");
+    if ((ret = dst_check_caps(d, h, msg, sizeof(msg))) < 0)
+        return dst_refuse(d, ret, msg);
     if (d->a->memory_given && d->a->vm.mem_bytes != h->mem_size) {
         snprintf(msg, sizeof(msg), "memory size mismatch: the source VM has %llu MiB, "
                  "the destination was started with --memory %llu",
@@ -97,6 +145,8 @@ static int dst_check_hello(struct mig_dst *d, const struct stream_header *h)
         return dst_refuse(d, -E2BIG, "the source VM does not fit on this host");
     return 0;
 }
+
+static int dst_accept_data(struct mig_dst *d);
 
 static int dst_handshake(struct mig_dst *d)
 {
@@ -120,7 +170,8 @@ static int dst_handshake(struct mig_dst *d)
     if (h.cpuid_fingerprint != vm_cpuid_fingerprint(d->vm))
         return dst_refuse(d, -EINVAL, "this host does not offer the source VM's CPU model");
     d->vm->clock_follow_realtime = true;
-    return mig_send_status(&d->out, REC_ACK, 0, "ok");
+    ret = mig_send_status(&d->out, REC_ACK, 0, "ok");
+    return ret < 0 ? ret : dst_accept_data(d);
 }
 
 /* A second connection of the same migration (urgent channel, recovery):
@@ -156,6 +207,46 @@ static int dst_accept_channel(struct mig_dst *d, uint32_t flags, int *sock,
     return ret;
 }
 
+/* The data connections come right after the main channel's ACK, in order. */
+static int dst_accept_data(struct mig_dst *d)
+{
+    int socks[MIG_MAX_CONNS];
+    struct stream_io in = { 0 }, out = { 0 };
+    unsigned n = 0;
+    int ret = 0;
+
+    while (n < d->nconns && ret == 0) {
+        ret = dst_accept_channel(d, MIG_FLAG_DATA, &socks[n], &in, &out);
+        n += ret == 0;
+    }
+    stream_io_free(&in);
+    stream_io_free(&out);
+    if (ret == 0)
+        ret = xfer_dst_start(&d->xd, &d->vm->mem, socks, n);
+    else
+        while (n)
+            close(socks[--n]);
+    if (ret < 0)
+        snprintf(d->err, sizeof(d->err), "data connections: %s", strerror(-ret));
+    pthread_mutex_lock(&d->m->lock);
+    d->m->xconns = d->nconns;
+    d->m->xlive = ret == 0 && d->nconns ? &d->xd.st : NULL;
+    pthread_mutex_unlock(&d->m->lock);
+    return ret;
+}
+
+/* Everything sent on the data connections up to ROUND round (UINT32_MAX:
+ * all of it) is applied. */
+static int dst_wait_data(struct mig_dst *d, uint32_t round)
+{
+    int ret;
+
+    if (!d->nconns)
+        return 0;
+    ret = xfer_dst_wait(&d->xd, round, DST_TIMEOUT_S, d->err, sizeof(d->err));
+    return ret;
+}
+
 static void dst_account(struct mig_dst *d, const struct stream_record *r, const uint8_t *p)
 {
     uint32_t round;
@@ -180,15 +271,22 @@ static int dst_record(struct mig_dst *d, const struct stream_record *r, const ui
 {
     const char *why = "";
     uint8_t ack[5];
+    uint32_t round;
     int ret;
 
     switch (r->type) {
     case REC_ROUND:
-        /* Everything before it is applied: the source decides on an empty pipe. */
+        /* Everything before it is applied, on every connection: the source
+         * decides on an empty pipe. */
         memset(ack, 0, sizeof(ack));
         memcpy(ack, p, MIN(r->length, 4));
+        memcpy(&round, ack, 4);
+        if ((ret = dst_wait_data(d, round)) < 0)
+            return ret;
         return mig_send_ctrl(&d->out, REC_ROUND_ACK, ack, sizeof(ack));
     case REC_POSTCOPY_ADVISE:
+        if ((ret = dst_wait_data(d, UINT32_MAX)) < 0)   /* post-copy uses the main channel */
+            return ret;
         ret = dst_accept_channel(d, MIG_FLAG_URGENT, &d->usock, &d->uin, &d->uout);
         if (ret < 0)
             snprintf(d->err, sizeof(d->err), "post-copy channel: %s", strerror(-ret));
@@ -235,6 +333,10 @@ static int dst_receive(struct mig_dst *d)
                 free(p);
                 return -EPROTO;
             }
+        }
+        if (r.type == REC_END && (ret = dst_wait_data(d, UINT32_MAX)) < 0) {
+            free(p);
+            return ret;
         }
         if (r.type == REC_END || r.type == REC_CANCEL) {
             if (r.type == REC_CANCEL)
@@ -478,6 +580,19 @@ static void *dst_pc_thread(void *arg)
     return NULL;
 }
 
+/* The data connections are done (or the migration failed): keep the stats. */
+static void dst_stop_data(struct mig_dst *d)
+{
+    if (!d->nconns)
+        return;
+    xfer_dst_stop(&d->xd);
+    pthread_mutex_lock(&d->m->lock);
+    d->m->xs = d->xd.st;
+    d->m->xlive = NULL;
+    pthread_mutex_unlock(&d->m->lock);
+    d->nconns = 0;
+}
+
 static int dst_start_postcopy(struct mig_dst *d)
 {
     int ret = pc_dst_start(&d->pc);
@@ -537,6 +652,7 @@ void mig_incoming_stop(struct migration *m)
         shutdown(d->lfd, SHUT_RDWR);
     if (d->thread_started)
         pthread_join(d->thread, NULL);
+    dst_stop_data(d);
     dst_stop_urgent(d);
     if (d->pc.uffd >= 0 && d->pc.mem)
         pc_dst_stop(&d->pc);
@@ -581,6 +697,8 @@ int mig_incoming(struct migration *m, struct vm *vm, struct run_args *a,
         dst_set_state(d, MIG_APPLYING);
         ret = dst_start_vm(d);
     }
+    if (ret < 0 || !d->postcopy)
+        dst_stop_data(d);
     pthread_mutex_lock(&m->lock);
     if (!d->postcopy || ret < 0) {
         m->state = ret == 0 ? MIG_RUNNING : MIG_FAILED;

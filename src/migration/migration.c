@@ -7,8 +7,10 @@
 #include <sys/socket.h>
 #include <stdio.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "util/util.h"
+#include "vm/vm.h"
 
 void mig_init(struct migration *m)
 {
@@ -135,9 +137,18 @@ int mig_cancel(struct migration *m)
     return ret;
 }
 
+static json_t *u64_array(const uint64_t *v, unsigned n)
+{
+    json_t *a = json_array();
+
+    for (unsigned i = 0; i < n; i++)
+        json_array_append_new(a, json_integer((json_int_t)v[i]));
+    return a;
+}
+
 static json_t *round_json(const struct mig_round *r)
 {
-    return json_pack("{s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:i, s:I}",
+    json_t *j = json_pack("{s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:i, s:I}",
                      "round", (int)r->round, "pages", (json_int_t)r->pages,
                      "zero_pages", (json_int_t)r->zero, "bytes", (json_int_t)r->bytes,
                      "duration_ms", (json_int_t)(r->duration_ns / 1000000),
@@ -145,6 +156,10 @@ static json_t *round_json(const struct mig_round *r)
                      "dirty_rate_pps", (json_int_t)r->dirty_rate_pps,
                      "throttle_pct", (int)r->throttle,
                      "expected_downtime_ms", (json_int_t)(r->expected_downtime_ns / 1000000));
+
+    if (r->nvcpus)
+        json_object_set_new(j, "vcpu_dirty_pps", u64_array(r->vcpu_pps, r->nvcpus));
+    return j;
 }
 
 static json_t *downtime_json(const struct mig_downtime *d)
@@ -157,18 +172,75 @@ static json_t *downtime_json(const struct mig_downtime *d)
                      "state_bytes", (json_int_t)d->state_bytes);
 }
 
+static json_t *params_xfer(json_t *j, const struct mig_params *p)
+{
+    static const char *const algos[] = { "none", "lz4", "zstd", "auto" };
+
+    json_object_set_new(j, "connections", json_integer(p->connections));
+    json_object_set_new(j, "compress", json_string(algos[p->compress & 3]));
+    json_object_set_new(j, "delta_cache_mib", json_integer((json_int_t)(p->delta_cache_bytes >> 20)));
+    json_object_set_new(j, "dirty_track", json_string(p->dirty_track == MIG_DIRTY_RING ?
+                                                       "ring" : "bitmap"));
+    return j;
+}
+
 static json_t *params_json(const struct mig_params *p)
 {
     static const char *const modes[] = { "precopy", "postcopy", "hybrid" };
 
-    return json_pack("{s:s, s:s, s:s, s:i, s:I, s:I, s:I, s:s, s:b}", "host", p->host,
+    return params_xfer(json_pack("{s:s, s:s, s:s, s:i, s:I, s:I, s:I, s:s, s:b}", "host", p->host,
                      "port", p->port, "mode", modes[p->mode],
                      "postcopy_after_rounds", (int)p->postcopy_after_rounds,
                      "downtime_limit_ms", (json_int_t)(p->policy.downtime_limit_ns / 1000000),
                      "bandwidth_mibs", (json_int_t)(p->bandwidth_bps >> 20),
                      "max_time_s", (json_int_t)(p->policy.max_time_ns / 1000000000ULL),
                      "on_timeout", p->policy.on_timeout == ON_TIMEOUT_FORCE ? "force" : "fail",
-                     "auto_converge", p->policy.auto_converge);
+                     "auto_converge", p->policy.auto_converge), p);
+}
+
+
+unsigned mig_default_connections(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+    return n < 1 ? 1 : n > 4 ? 4 : (unsigned)n;
+}
+
+static json_int_t xs_get(const uint64_t *v)
+{
+    return (json_int_t)__atomic_load_n(v, __ATOMIC_RELAXED);
+}
+
+/* The parallel engine: what each technique saved and what it cost. The
+ * source reports its sender threads, the destination its appliers. */
+static json_t *transfer_json(const struct migration *m)
+{
+    const struct xfer_stats *x = m->xlive ? m->xlive : &m->xs;
+    static const char *const algos[] = { "none", "lz4", "zstd", "auto" };
+    json_t *cpu = json_array(), *j;
+
+    for (unsigned i = 0; i < m->xconns && i < XFER_MAX_CONNS; i++)
+        json_array_append_new(cpu, json_real(__atomic_load_n(&x->cpu_ns[i],
+                                                             __ATOMIC_RELAXED) / 1e6));
+    j = json_pack("{s:i, s:s, s:I, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
+                  "s:I, s:I}",
+                  "connections", (int)m->xconns,
+                  "compress", m->source ? algos[m->params.compress & 3] : "per batch",
+                  "delta_cache_mib", (json_int_t)(m->params.delta_cache_bytes >> 20),
+                  "dirty_track", m->params.dirty_track == MIG_DIRTY_RING ? "ring" : "bitmap",
+                  "bytes_raw", xs_get(&x->bytes_raw), "bytes_wire", xs_get(&x->bytes_wire),
+                  "pages_data", xs_get(&x->pages_data),
+                  "zero_pages", xs_get(&x->pages_zero),
+                  "zero_bytes_saved", xs_get(&x->zero_bytes_saved),
+                  "delta_pages", xs_get(&x->pages_delta),
+                  "delta_bytes_saved", xs_get(&x->delta_bytes_saved),
+                  "delta_cache_hits", xs_get(&x->delta_hits),
+                  "delta_cache_misses", xs_get(&x->delta_misses),
+                  "compress_bytes_in", xs_get(&x->comp_in),
+                  "compress_bytes_out", xs_get(&x->comp_out),
+                  "batches", xs_get(&x->batches));
+    json_object_set_new(j, m->source ? "sender_cpu_ms" : "applier_cpu_ms", cpu);
+    return j;
 }
 
 static json_t *postcopy_json(const struct migration *m)
@@ -220,6 +292,34 @@ json_t *mig_status_json(struct migration *m)
                   "throttle_pct", (int)m->throttle, "throttle_max_pct", (int)m->throttle_max,
                   "total_ms", (json_int_t)(mig_elapsed(m) / 1000000),
                   "downtime", downtime_json(&m->downtime), "rounds", rounds);
+    if (m->xconns) {
+        const struct xfer_stats *x = m->xlive ? m->xlive : &m->xs;
+        json_object_set_new(j, "bytes", json_integer(
+            (json_int_t)__atomic_load_n(&m->bytes, __ATOMIC_RELAXED) + xs_get(&x->bytes_wire)));
+        json_object_set_new(j, "pages_normal", json_integer(
+            (json_int_t)__atomic_load_n(&m->pages_normal, __ATOMIC_RELAXED) +
+            xs_get(&x->pages_data) + xs_get(&x->pages_delta)));
+        json_object_set_new(j, "pages_zero", json_integer(
+            (json_int_t)__atomic_load_n(&m->pages_zero, __ATOMIC_RELAXED) +
+            xs_get(&x->pages_zero)));
+    }
+    json_object_set_new(j, "transfer", transfer_json(m));
+    if (m->source && m->throttle_max && m->total_ns) {
+        json_t *t = json_array();
+        for (unsigned i = 0; m->vm && i < m->vm->ncpus && i < 64; i++)
+            json_array_append_new(t, json_real(m->vcpu_throttled_ns[i] / 1e6));
+        json_object_set_new(j, "vcpu_throttled_ms", t);
+    }
+    if (m->nvcpu_pps) {
+        json_t *t = json_array();
+        for (unsigned i = 0; i < m->nvcpu_pps && i < 64; i++)
+            if (!m->throttle_mask || (m->throttle_mask & (1ULL << i)))
+                json_array_append_new(t, json_integer(i));
+        json_object_set_new(j, "vcpu_dirty_rate_pps", u64_array(m->vcpu_pps, m->nvcpu_pps));
+        json_object_set_new(j, "throttled_vcpus", m->throttle_max ? t : json_array());
+        if (!m->throttle_max)
+            json_decref(t);
+    }
     if (m->source)
         json_object_set_new(j, "params", params_json(&m->params));
     if (m->pc_start_ns)

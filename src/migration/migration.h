@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "migration/policy.h"
+#include "migration/xfer.h"
 
 #define MIG_PROTO_VERSION 1
 #define MIG_MAX_ROUNDS    1024
@@ -30,6 +31,16 @@ enum mig_rec_type {
 /* proto_flags of a connection's HELLO. */
 #define MIG_FLAG_URGENT  1u     /* this connection is the post-copy urgent channel */
 #define MIG_FLAG_RECOVER 2u     /* reconnecting to resume a broken post-copy */
+#define MIG_FLAG_XFER    4u     /* main channel asking for the capabilities below */
+#define MIG_FLAG_DATA    8u     /* a data connection of the parallel engine */
+
+/* Capabilities a main channel's HELLO asks for (MIG_FLAG_XFER), in the
+ * header's reserved bytes: u32 connections, u32 features, u64 delta cache. */
+#define MIG_CAP_LZ4      1u
+#define MIG_CAP_ZSTD     2u
+#define MIG_CAP_DELTA    4u
+#define MIG_CAP_ALL      7u
+#define MIG_MAX_CONNS    16
 
 /* Flag of a REC_BITMAP: pages certainly needed, sent before the pause so the
  * destination can drop its stale copies early; the final bitmap follows. */
@@ -59,7 +70,17 @@ struct mig_params {
     uint64_t bandwidth_bps;      /* 0: no cap */
     enum mig_mode mode;
     unsigned postcopy_after_rounds;   /* hybrid: 0 = when pre-copy stalls */
+    unsigned connections;        /* data connections; 0: pages on the main channel */
+    unsigned compress;           /* enum xc_algo */
+    uint64_t delta_cache_bytes;  /* 0: no delta encoding */
+    unsigned dirty_track;        /* enum mig_dirty_track */
 };
+
+enum mig_dirty_track { MIG_DIRTY_BITMAP, MIG_DIRTY_RING, MIG_DIRTY_AUTO };
+#define MIG_ROUND_VCPUS 8            /* per-vCPU rates kept per round */
+
+/* Connections when not asked for: one per core, 1..4. */
+unsigned mig_default_connections(void);
 
 struct mig_round {
     unsigned round;
@@ -71,6 +92,8 @@ struct mig_round {
     uint64_t dirty_rate_pps;
     unsigned throttle;
     uint64_t expected_downtime_ns;
+    unsigned nvcpus;             /* dirty ring: per-vCPU dirty rates below */
+    uint64_t vcpu_pps[MIG_ROUND_VCPUS];
 };
 
 struct mig_downtime {
@@ -120,6 +143,15 @@ struct migration {
     uint64_t pc_pushed, pc_demanded, pc_faults, pc_zero_faults, pc_blocked_ns;
     uint32_t pc_p50_us, pc_p99_us, pc_max_us;
     unsigned pc_recoveries;
+    /* dirty ring: per-vCPU dirty rates of the last round, throttled vCPUs */
+    unsigned nvcpu_pps;
+    uint64_t vcpu_pps[64];
+    uint64_t throttle_mask;
+    uint64_t vcpu_throttled_ns[64];  /* auto-converge: time each vCPU slept */
+    /* parallel engine: live counters while running, then a copy */
+    const struct xfer_stats *xlive;
+    struct xfer_stats xs;
+    unsigned xconns;
     unsigned nrounds;
     struct mig_round rounds[MIG_MAX_ROUNDS];
 };

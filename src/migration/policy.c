@@ -85,3 +85,19 @@ const char *policy_action_name(enum policy_action a)
     static const char *const names[] = { "continue", "switchover", "throttle", "force", "fail" };
     return names[a];
 }
+
+uint64_t policy_throttle_mask(const uint64_t *rates, unsigned n)
+{
+    uint64_t total = 0, mask = 0;
+
+    if (!rates || n == 0 || n > 64)
+        return 0;
+    for (unsigned i = 0; i < n; i++)
+        total += rates[i];
+    if (!total)
+        return 0;
+    for (unsigned i = 0; i < n; i++)
+        if (rates[i] >= POLICY_VCPU_MIN_PPS && rates[i] * 2 * n >= total)
+            mask |= 1ULL << i;
+    return mask;
+}

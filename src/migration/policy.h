@@ -50,5 +50,12 @@ uint64_t policy_expected_downtime(const struct policy_input *in);
 struct policy_decision policy_decide(const struct policy_config *c,
                                      const struct policy_input *in);
 const char *policy_action_name(enum policy_action a);
+/* Which vCPUs auto-converge slows down, from per-vCPU dirty rates (pages/s;
+ * the dirty ring gives them): those dirtying at least half of an even share
+ * of the total, and at least POLICY_VCPU_MIN_PPS. 0 means no choice can be
+ * made (no rates, too little dirtied, > 64 vCPUs): the caller keeps its
+ * previous choice, or slows all of them. */
+uint64_t policy_throttle_mask(const uint64_t *rates, unsigned n);
+#define POLICY_VCPU_MIN_PPS 1000   /* 4 MiB/s: a vCPU dirtying less is left alone */
 
 #endif

@@ -62,7 +62,7 @@ void src_rate_limit(struct mig_src *s)
     if (!cap)
         return;
     /* page bytes of the whole migration: they survive post-copy reconnects */
-    due = (uint64_t)((unsigned __int128)s->ps.bytes * NS_PER_S / cap);
+    due = (uint64_t)((unsigned __int128)(s->ps.bytes + xfer_bytes(&s->x)) * NS_PER_S / cap);
     elapsed = time_now_ns() - s->m->start_ns;
     if (due > elapsed) {
         struct timespec ts = { .tv_sec = (time_t)((due - elapsed) / NS_PER_S),
@@ -71,13 +71,20 @@ void src_rate_limit(struct mig_src *s)
     }
 }
 
+/* Progress for the status: the main channel's counters (the data
+ * connections' are added from their live stats). */
+void src_publish(struct mig_src *s)
+{
+    __atomic_store_n(&s->m->bytes, s->out.bytes, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->m->pages_normal, s->ps.normal, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->m->pages_zero, s->ps.zero, __ATOMIC_RELAXED);
+}
+
 int src_flush_batch(struct mig_src *s)
 {
     int ret = page_batch_flush(&s->batch, &s->out, &s->ps);
 
-    __atomic_store_n(&s->m->bytes, s->out.bytes, __ATOMIC_RELAXED);
-    __atomic_store_n(&s->m->pages_normal, s->ps.normal, __ATOMIC_RELAXED);
-    __atomic_store_n(&s->m->pages_zero, s->ps.zero, __ATOMIC_RELAXED);
+    src_publish(s);
     src_rate_limit(s);
     if (ret == 0 && src_cancelled(s) && !s->paused)
         ret = src_fail(s, -ECANCELED, "%.200s", "cancelled");
@@ -86,11 +93,59 @@ int src_flush_batch(struct mig_src *s)
 
 int src_add_page(struct mig_src *s, uint64_t gpa, const uint8_t *hva, bool zero_marker)
 {
-    int ret = page_batch_add(&s->batch, &s->out, gpa, hva, zero_marker, &s->ps);
+    int ret;
+
+    if (s->xon)
+        return xfer_add(&s->x, gpa, zero_marker);
+    ret = page_batch_add(&s->batch, &s->out, gpa, hva, zero_marker, &s->ps);
 
     if (ret == 0 && s->batch.count == STREAM_PAGES_PER_REC - 1)
         ret = src_flush_batch(s);   /* before page_batch_add would flush uncounted */
     return ret;
+}
+
+/* A send error: the data connection's own story when it has one. */
+static int src_xfer_fail(struct mig_src *s, int ret)
+{
+    char why[256];
+
+    if (ret == -ECANCELED && src_cancelled(s))
+        return src_fail(s, ret, "%.200s", "cancelled");
+    if (s->xon && xfer_error(&s->x, why, sizeof(why)) < 0)
+        return src_fail(s, ret, "sending memory: %.200s", why);
+    return src_fail(s, ret, "sending memory: %.200s", strerror(-ret));
+}
+
+int src_xfer_end(struct mig_src *s)
+{
+    int ret;
+
+    if (!s->xon)
+        return 0;
+    ret = xfer_end(&s->x);
+    s->xon = false;
+    return ret < 0 ? src_xfer_fail(s, ret) : 0;
+}
+
+/* What the main channel asks for: data connections, compression, delta.
+ * A source asking for nothing new sends the HELLO of older versions. */
+static void src_hello_caps(struct mig_src *s, struct stream_header *h)
+{
+    const struct mig_params *p = &s->m->params;
+    uint32_t feat = 0;
+
+    if (p->compress == XC_LZ4)
+        feat |= MIG_CAP_LZ4;
+    else if (p->compress == XC_ZSTD || p->compress == XC_AUTO)
+        feat |= MIG_CAP_ZSTD;
+    if (p->delta_cache_bytes)
+        feat |= MIG_CAP_DELTA;
+    if (!p->connections && !feat)
+        return;
+    h->proto_flags |= MIG_FLAG_XFER;
+    memcpy(h->reserved, &p->connections, 4);
+    memcpy(h->reserved + 4, &feat, 4);
+    memcpy(h->reserved + 8, &p->delta_cache_bytes, 8);
 }
 
 /* A connection to the destination: HELLO with flags, then its ACK. */
@@ -117,6 +172,8 @@ int src_open_channel(struct mig_src *s, uint32_t flags, int *sock, struct stream
                        khz > 0 ? (uint64_t)khz : 0);
     h.proto_version = MIG_PROTO_VERSION;
     h.proto_flags = flags;
+    if (flags == 0)
+        src_hello_caps(s, &h);
     h.checksum = stream_header_seal(&h);
     ret = stream_write(out, &h, sizeof(h));
     if (ret == 0)
@@ -157,7 +214,7 @@ static int src_round_full(struct mig_src *s)
     }
     if (ret == 0)
         ret = src_flush_batch(s);
-    return ret < 0 ? src_fail(s, ret, "sending memory: %.200s", strerror(-ret)) : 0;
+    return ret < 0 ? src_xfer_fail(s, ret) : 0;
 }
 
 /* Sends the pages of one 64-page word of a slot's dirty bitmap. While the
@@ -194,7 +251,7 @@ static int src_send_dirty(struct mig_src *s, bool live)
     }
     if (ret == 0)
         ret = src_flush_batch(s);
-    return ret < 0 ? src_fail(s, ret, "sending memory: %.200s", strerror(-ret)) : 0;
+    return ret < 0 ? src_xfer_fail(s, ret) : 0;
 }
 
 static void src_record_round(struct mig_src *s, const struct mig_round *r)
@@ -219,7 +276,7 @@ static void src_record_round(struct mig_src *s, const struct mig_round *r)
 }
 
 /* The link estimate: the best rate a round of real size achieved, capped. */
-static void src_update_bandwidth(struct mig_src *s, uint64_t bytes, uint64_t ns)
+static void src_update_bandwidth(struct mig_src *s, uint64_t bytes, uint64_t ns, bool pages)
 {
     uint64_t cap = s->m->params.bandwidth_bps, bw;
 
@@ -229,7 +286,7 @@ static void src_update_bandwidth(struct mig_src *s, uint64_t bytes, uint64_t ns)
     }
     if (!s->bw_bps)
         s->bw_bps = SRC_DEFAULT_BW;
-    if (cap && s->bw_bps > cap)
+    if (cap && s->bw_bps > cap && !pages)
         s->bw_bps = cap;
 }
 
@@ -251,15 +308,60 @@ int src_wait_round_ack(struct mig_src *s)
 
 /* One round: copy (round 1: all; later: the dirty set), then sync the log
  * and ask the policy. Returns the policy's action. */
+/* Dirty ring: what each vCPU dirtied during the round, per second. */
+static void src_vcpu_rates(struct mig_src *s, struct mig_round *r)
+{
+    struct migration *m = s->m;
+    unsigned n = s->dirty.nrings;
+
+    pthread_mutex_lock(&m->lock);
+    m->nvcpu_pps = n;
+    for (unsigned v = 0; v < n; v++) {
+        uint64_t now = __atomic_load_n(&s->dirty.vcpu_pages[v], __ATOMIC_RELAXED);
+        m->vcpu_pps[v] = r->duration_ns ? (now - s->vcpu_pages0[v]) * NS_PER_S / r->duration_ns
+                                        : 0;
+        s->vcpu_pages0[v] = now;
+        if (v < MIG_ROUND_VCPUS)
+            r->vcpu_pps[v] = m->vcpu_pps[v];
+    }
+    r->nvcpus = MIN(n, MIG_ROUND_VCPUS);
+    pthread_mutex_unlock(&m->lock);
+}
+
+/* Pages and bytes of both the main channel and the data connections. */
+static void src_totals(struct mig_src *s, uint64_t *normal, uint64_t *zero, uint64_t *bytes)
+{
+    const struct xfer_stats *x = &s->x.st;
+
+    *normal = s->ps.normal + __atomic_load_n(&x->pages_data, __ATOMIC_RELAXED) +
+              __atomic_load_n(&x->pages_delta, __ATOMIC_RELAXED);
+    *zero = s->ps.zero + __atomic_load_n(&x->pages_zero, __ATOMIC_RELAXED);
+    *bytes = s->out.bytes + xfer_bytes(&s->x);
+}
+
+/* Compression and delta make a round move more pages than its wire bytes
+ * say: the policy needs pages per second, so the link is measured in page
+ * bytes then (and is no longer bounded by the cap on wire bytes). */
+static uint64_t src_round_link_bytes(struct mig_src *s, uint64_t normal, uint64_t wire)
+{
+    if (s->xon && (s->x.p.algo != XC_NONE || s->x.p.delta_bytes))
+        return normal * PAGE_SIZE;
+    return wire;
+}
+
 static int src_round(struct mig_src *s, unsigned round, struct policy_decision *d)
 {
-    struct page_stats before = s->ps;
-    uint64_t t0 = time_now_ns(), bytes0 = s->out.bytes;
+    uint64_t n0, z0, bytes0, n1, z1, bytes1;
+    uint64_t t0 = time_now_ns();
     struct mig_round r = { .round = round, .throttle = s->m->throttle };
     struct policy_input in;
     int64_t dirty;
-    int ret = round == 1 ? src_round_full(s) : src_send_dirty(s, true);
+    int ret;
 
+    src_totals(s, &n0, &z0, &bytes0);
+    ret = round == 1 ? src_round_full(s) : src_send_dirty(s, true);
+    if (ret == 0 && s->xon && (ret = xfer_round_end(&s->x, round)) < 0)
+        src_xfer_fail(s, ret);
     if (ret == 0)
         ret = mig_send_ctrl(&s->out, REC_ROUND, &round, sizeof(round));
     if (ret == 0)
@@ -268,12 +370,16 @@ static int src_round(struct mig_src *s, unsigned round, struct policy_decision *
     if (dirty < 0)
         return src_fail(s, (int)dirty, "%.200s", s->err[0] ? s->err : "dirty log sync failed");
     r.duration_ns = time_now_ns() - t0;
-    r.pages = s->ps.normal - before.normal;
-    r.zero = s->ps.zero - before.zero;
-    r.bytes = s->out.bytes - bytes0;
+    src_totals(s, &n1, &z1, &bytes1);
+    r.pages = n1 - n0;
+    r.zero = z1 - z0;
+    r.bytes = bytes1 - bytes0;
     r.dirty_pages = (uint64_t)dirty;
     r.dirty_rate_pps = r.duration_ns ? (uint64_t)dirty * NS_PER_S / r.duration_ns : 0;
-    src_update_bandwidth(s, r.bytes, r.duration_ns);
+    src_publish(s);
+    src_vcpu_rates(s, &r);
+    src_update_bandwidth(s, src_round_link_bytes(s, r.pages, r.bytes), r.duration_ns,
+                         s->xon && src_round_link_bytes(s, 1, 0));
     in = (struct policy_input){
         .round = round, .elapsed_ns = time_now_ns() - s->m->start_ns,
         .dirty_pages = r.dirty_pages, .bandwidth_bps = s->bw_bps,
@@ -326,6 +432,13 @@ static int src_precopy(struct mig_src *s, bool *forced, bool *postcopy)
         case POLICY_FAIL:
             return src_fail(s, -ETIMEDOUT, "%.200s", "did not converge within --max-time");
         case POLICY_THROTTLE:
+            if (s->dirty.nrings) {   /* only the vCPUs that dirty memory */
+                uint64_t mask = policy_throttle_mask(s->m->vcpu_pps, s->dirty.nrings);
+                /* a throttled round dirties little: too little to choose again */
+                if (mask)
+                    s->m->throttle_mask = mask;
+                throttle_set_mask(s->vm, s->m->throttle_mask);
+            }
             s->m->throttle = d.throttle;
             s->m->throttle_max = MAX(s->m->throttle_max, d.throttle);
             throttle_set(s->vm, d.throttle);
@@ -377,7 +490,7 @@ static int src_switchover(struct mig_src *s)
 {
     struct mig_downtime *dt = &s->m->downtime;
     uint64_t t_pause = time_now_ns(), rt_pause = realtime_ns(), t1, t2, t3, resume_rt = 0;
-    uint64_t normal0, bytes0;
+    uint64_t normal0, zero0, bytes0, normal1, zero1, bytes1;
     char err[256] = "";
     int ret;
 
@@ -386,9 +499,13 @@ static int src_switchover(struct mig_src *s)
     if (ret < 0)
         return ret;
     t1 = time_now_ns();
-    normal0 = s->ps.normal + s->ps.zero;
+    src_totals(s, &normal0, &zero0, &bytes0);
+    s->x.final = true;
     ret = dirty_sync(&s->dirty) < 0 ? -EIO : src_send_dirty(s, false);
+    if (ret == 0)   /* the state goes on the main channel while the last pages drain */
+        ret = src_xfer_end(s);
     t2 = time_now_ns();
+    src_totals(s, &normal1, &zero1, &bytes1);
     bytes0 = s->out.bytes;
     if (ret == 0 && (ret = state_save_sections(&s->vm->sections, &s->out, err, sizeof(err))) < 0)
         src_fail(s, ret, "saving the VM state: %.200s", err);
@@ -403,10 +520,46 @@ static int src_switchover(struct mig_src *s)
     dt->pause_ns = t1 - t_pause;
     dt->final_pages_ns = t2 - t1;
     dt->state_ns = t3 - t2;
-    dt->final_pages = s->ps.normal + s->ps.zero - normal0;
+    dt->final_pages = normal1 + zero1 - normal0 - zero0;
     dt->state_bytes = s->out.bytes - bytes0;
     dt->total_ns = ret == 0 && resume_rt > rt_pause ? resume_rt - rt_pause : 0;
     return ret;
+}
+
+/* The data connections, one HELLO(DATA) each, then their threads. */
+static int src_connect_data(struct mig_src *s)
+{
+    const struct mig_params *p = &s->m->params;
+    struct xfer_params xp = { .conns = p->connections, .algo = p->compress,
+                              .delta_bytes = p->delta_cache_bytes,
+                              .cap_bps = p->bandwidth_bps, .start_ns = s->m->start_ns };
+    int socks[MIG_MAX_CONNS];
+    unsigned n = 0;
+    int ret = 0;
+
+    while (n < p->connections && ret == 0) {
+        struct stream_io out, in;
+        ret = src_open_channel(s, MIG_FLAG_DATA, &socks[n], &out, &in);
+        stream_io_free(&out);
+        stream_io_free(&in);
+        if (socks[n] >= 0 && ret == 0)
+            n++;
+        else if (socks[n] >= 0)
+            close(socks[n]);
+    }
+    if (ret < 0) {
+        while (n)
+            close(socks[--n]);
+        return ret;
+    }
+    ret = xfer_start(&s->x, &xp, &s->vm->mem, socks, &s->m->cancel);
+    s->xon = true;
+    pthread_mutex_lock(&s->m->lock);
+    s->m->xlive = &s->x.st;
+    s->m->xconns = p->connections;
+    pthread_mutex_unlock(&s->m->lock);
+    return ret < 0 ? src_fail(s, ret, "starting the data connections: %.200s",
+                              strerror(-ret)) : 0;
 }
 
 static int src_connect(struct mig_src *s)
@@ -416,7 +569,21 @@ static int src_connect(struct mig_src *s)
     pthread_mutex_lock(&s->m->lock);
     s->m->sock = s->sock;
     pthread_mutex_unlock(&s->m->lock);
+    if (ret == 0 && s->m->params.connections)
+        ret = src_connect_data(s);
     return ret;
+}
+
+static int src_dirty_start(struct mig_src *s)
+{
+    struct vm *vm = s->vm;
+    int fds[VM_MAX_VCPUS];
+
+    if (s->m->params.dirty_track != MIG_DIRTY_RING)
+        return dirty_start(&s->dirty, vm->vm_fd, &vm->mem);
+    for (unsigned i = 0; i < vm->ncpus; i++)
+        fds[i] = vm->vcpus[i].fd;
+    return dirty_start_ring(&s->dirty, vm->vm_fd, &vm->mem, fds, vm->ncpus, vm->dirty_ring);
 }
 
 static int src_run(struct mig_src *s)
@@ -424,7 +591,9 @@ static int src_run(struct mig_src *s)
     bool forced = false, postcopy = false;
     int ret = src_connect(s);
 
-    if (ret == 0 && (ret = dirty_start(&s->dirty, s->vm->vm_fd, &s->vm->mem)) < 0)
+    for (unsigned i = 0; i < s->vm->ncpus && i < 64; i++)
+        s->throttled0[i] = __atomic_load_n(&s->vm->vcpus[i].throttled_ns, __ATOMIC_RELAXED);
+    if (ret == 0 && (ret = src_dirty_start(s)) < 0)
         src_fail(s, ret, "starting dirty logging: %.200s", strerror(-ret));
     if (ret == 0) {
         src_set_state(s, MIG_PRECOPY);
@@ -448,7 +617,13 @@ static void src_cleanup(struct mig_src *s, int ret)
 
     bool postcopy = src_in_postcopy(m);
 
+    xfer_stop(&s->x);
+    s->xon = false;
     throttle_set(s->vm, 0);
+    throttle_set_mask(s->vm, 0);
+    for (unsigned i = 0; i < s->vm->ncpus && i < 64; i++)
+        m->vcpu_throttled_ns[i] = __atomic_load_n(&s->vm->vcpus[i].throttled_ns,
+                                                  __ATOMIC_RELAXED) - s->throttled0[i];
     if (s->dirty.enabled)
         dirty_stop(&s->dirty);
     if (ret < 0 && s->sock >= 0 && s->out.err == 0)
@@ -464,6 +639,8 @@ static void src_cleanup(struct mig_src *s, int ret)
     m->total_ns = time_now_ns() - m->start_ns;
     snprintf(m->error, sizeof(m->error), "%s", ret == 0 ? "" : s->err);
     m->sock = -1;
+    m->xs = s->x.st;
+    m->xlive = NULL;
     pthread_mutex_unlock(&m->lock);
     if (s->sock >= 0)
         close(s->sock);

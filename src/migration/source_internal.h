@@ -10,6 +10,7 @@
 #include "migration/dirty.h"
 #include "migration/migration.h"
 #include "migration/postcopy.h"
+#include "migration/xfer.h"
 #include "state/pages.h"
 #include "vm/vm.h"
 
@@ -23,7 +24,11 @@ struct mig_src {
     struct stream_io out, in;
     struct dirty_log dirty;
     struct page_batch batch;
-    struct page_stats ps;       /* whole migration */
+    struct page_stats ps;       /* whole migration, main channel */
+    struct xfer x;              /* data connections (params.connections > 0) */
+    uint64_t vcpu_pages0[DIRTY_MAX_RINGS];   /* dirty ring: counts at the round's start */
+    uint64_t throttled0[64];    /* each vCPU's throttled time before this migration */
+    bool xon;
     uint64_t bw_bps;            /* best estimate of the link */
     bool paused;                /* by this migration */
     bool was_paused;            /* by the user, before the switchover */
@@ -46,6 +51,7 @@ bool src_cancelled(struct mig_src *s);
 void src_set_state(struct mig_src *s, enum mig_state st);
 int src_fail(struct mig_src *s, int ret, const char *fmt, const char *detail);
 int src_flush_batch(struct mig_src *s);
+void src_publish(struct mig_src *s);
 /* Sleeps as long as it takes to keep the page rate under --bandwidth. */
 void src_rate_limit(struct mig_src *s);
 int src_stop_vm(struct mig_src *s);
@@ -55,6 +61,8 @@ int src_add_page(struct mig_src *s, uint64_t gpa, const uint8_t *hva, bool zero_
 /* Opens a connection to the destination and sends a handshake with flags. */
 int src_open_channel(struct mig_src *s, uint32_t flags, int *sock, struct stream_io *out,
                      struct stream_io *in);
+/* The parallel engine's last pages are queued: END on every connection. */
+int src_xfer_end(struct mig_src *s);
 /* Pauses and sends the state for post-copy; then serves pages until done. */
 int src_postcopy(struct mig_src *s);
 void src_postcopy_cleanup(struct mig_src *s);

@@ -433,7 +433,9 @@ int src_postcopy(struct mig_src *s)
     s->ubatch = calloc(1, sizeof(*s->ubatch));
     if (!s->ubatch)
         return src_fail(s, -ENOMEM, "%.200s", "out of memory");
-    ret = pc_switchover(s);
+    ret = src_xfer_end(s);   /* post-copy pages travel on the main channel */
+    if (ret == 0)
+        ret = pc_switchover(s);
     if (ret < 0)
         return ret;   /* the destination never ran the VM: it is still ours */
     dirty_stop(&s->dirty);

@@ -18,13 +18,21 @@ static void *throttle_thread(void *arg)
 
     while ((pct = __atomic_load_n(&vm->throttle_pct, __ATOMIC_ACQUIRE)) != 0) {
         uint64_t sleep_ns = THROTTLE_SLICE_NS * pct / (100 - pct);
+        uint64_t mask = __atomic_load_n(&vm->throttle_mask, __ATOMIC_ACQUIRE);
         for (unsigned i = 0; i < vm->ncpus; i++) {
+            if (mask && i < 64 && !(mask & (1ULL << i)))
+                continue;   /* this vCPU hardly dirties memory: leave it alone */
             __atomic_store_n(&vm->vcpus[i].throttle_ns, sleep_ns, __ATOMIC_RELEASE);
             vcpu_kick(&vm->vcpus[i]);
         }
         nanosleep(&slice, NULL);
     }
     return NULL;
+}
+
+void throttle_set_mask(struct vm *vm, uint64_t mask)
+{
+    __atomic_store_n(&vm->throttle_mask, mask, __ATOMIC_RELEASE);
 }
 
 void throttle_set(struct vm *vm, unsigned percent)

@@ -6,22 +6,8 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "codec/zero.h"
 #include "util/util.h"
-
-bool page_is_zero(const void *page)
-{
-    const uint64_t *p = page;
-    uint64_t acc = 0;
-
-    /* OR in blocks so the compiler vectorises; exit early per 512 bytes. */
-    for (unsigned i = 0; i < STREAM_PAGE_SIZE / 8; i += 64) {
-        for (unsigned j = 0; j < 64; j++)
-            acc |= p[i + j];
-        if (acc)
-            return false;
-    }
-    return true;
-}
 
 int page_batch_flush(struct page_batch *b, struct stream_io *io, struct page_stats *st)
 {
@@ -43,7 +29,7 @@ int page_batch_flush(struct page_batch *b, struct stream_io *io, struct page_sta
 int page_batch_add(struct page_batch *b, struct stream_io *io, uint64_t gpa,
                    const uint8_t *hva, bool send_zero_marker, struct page_stats *st)
 {
-    if (page_is_zero(hva)) {
+    if (zero_page_check(hva)) {
         st->zero++;
         if (!send_zero_marker)
             return 0;
@@ -119,7 +105,7 @@ int pages_validate(struct guest_mem *mem, const uint8_t *payload, uint64_t len,
 /* Into the memory file with pwrite(): shmem does not zero a page that a
  * write fills completely, and there is no page fault per page as with a
  * memcpy through the mapping. Contiguous pages go in one call. */
-static int pages_write_run(struct guest_mem *mem, uint64_t gpa, const uint8_t *data,
+int pages_write_run(struct guest_mem *mem, uint64_t gpa, const uint8_t *data,
                            uint64_t len)
 {
     uint8_t *dst = mem_ptr(mem, gpa, len);
@@ -143,7 +129,7 @@ static int pages_write_run(struct guest_mem *mem, uint64_t gpa, const uint8_t *d
 }
 
 /* A zero page is a hole: it reads as zero and gives the memory back. */
-static void pages_zero(struct guest_mem *mem, uint64_t gpa)
+void pages_zero(struct guest_mem *mem, uint64_t gpa)
 {
     uint8_t *dst = mem_ptr(mem, gpa, STREAM_PAGE_SIZE);
 

@@ -25,7 +25,6 @@ struct page_batch {
     uint8_t data[STREAM_PAGES_PER_REC][STREAM_PAGE_SIZE] __attribute__((aligned(64)));
 };
 
-bool page_is_zero(const void *page);
 /* Adds a page; flushes the batch as a record when it is full. */
 int page_batch_add(struct page_batch *b, struct stream_io *io, uint64_t gpa,
                    const uint8_t *hva, bool send_zero_marker, struct page_stats *st);
@@ -37,5 +36,9 @@ int pages_validate(struct guest_mem *mem, const uint8_t *payload, uint64_t len,
                    uint32_t *count, const char **why);
 /* Validates a REC_PAGES payload completely, then applies it. */
 int pages_load(struct guest_mem *mem, const uint8_t *payload, uint64_t len, const char **why);
+/* Contiguous pages into guest RAM (pwrite into the memory file). */
+int pages_write_run(struct guest_mem *mem, uint64_t gpa, const uint8_t *data, uint64_t len);
+/* Makes a page zero: a hole in the memory file (or memset). */
+void pages_zero(struct guest_mem *mem, uint64_t gpa);
 
 #endif

@@ -9,6 +9,7 @@
 #define XXH_STATIC_LINKING_ONLY
 #include <xxhash.h>
 
+#include "state/xpages.h"
 #include "util/util.h"
 #include "version.h"
 
@@ -87,13 +88,14 @@ static uint64_t record_max_len(uint32_t type)
     case REC_PAGES: return 8 + STREAM_PAGES_PER_REC * (8 + STREAM_PAGE_SIZE);
     case REC_END: return 0;
     case REC_BITMAP: return STREAM_MAX_BITMAP;
+    case REC_XPAGES: return XPAGES_MAX_LEN;
     default: return STREAM_MAX_CTRL;   /* migration control records */
     }
 }
 
 int stream_record_check_header(const struct stream_record *r, const char **why)
 {
-    if ((r->type < REC_SECTION || r->type > REC_BITMAP) &&
+    if ((r->type < REC_SECTION || r->type > REC_XPAGES) &&
         (r->type < REC_FIRST_CTRL || r->type > REC_LAST_CTRL))
         return *why = "unknown record type", -EBADMSG;
     if (r->length > record_max_len(r->type))

@@ -20,6 +20,7 @@ enum stream_rec_type {
     REC_PAGES = 2,
     REC_END = 3,
     REC_BITMAP = 4,     /* post-copy: which pages a side still needs */
+    REC_XPAGES = 5,     /* parallel connections: zero/full/delta pages, maybe compressed */
 };
 
 /* Migration control records (src/migration/migration.h) use these types. */

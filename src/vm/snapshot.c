@@ -170,6 +170,24 @@ int vm_read_header(int fd, struct stream_header *h, char *err, size_t len)
     return ret;
 }
 
+/* Parallel-engine batches met in one stream (a fuzzer, a future writer):
+ * applied like on a connection, with a context of their own. */
+static int vm_apply_xpages(struct vm *vm, const struct stream_record *r, const uint8_t *p,
+                           char *err, size_t len)
+{
+    static struct xpages_ctx ctx;
+    const char *why = "";
+    int ret = ctx.raw ? 0 : xpages_ctx_init(&ctx);
+
+    if (ret == 0)
+        ret = xpages_apply(&vm->mem, p, r->length, &ctx, &why);
+    else
+        why = "out of memory";
+    if (ret < 0)
+        snprintf(err, len, "memory pages: %s", why);
+    return ret;
+}
+
 int vm_apply_record(struct vm *vm, const struct stream_record *r, const uint8_t *p,
                           char *err, size_t len)
 {
@@ -182,6 +200,8 @@ int vm_apply_record(struct vm *vm, const struct stream_record *r, const uint8_t 
             snprintf(err, len, "memory pages: %s", why);
         return ret;
     }
+    if (r->type == REC_XPAGES)
+        return vm_apply_xpages(vm, r, p, err, len);
     if (r->type != REC_SECTION) {
         snprintf(err, len, "unexpected record type %u in a state stream", r->type);
         return -EBADMSG;

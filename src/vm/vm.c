@@ -91,6 +91,28 @@ static int vm_irq_routing(struct vm *vm)
 /* Migration reads the dirty log without clearing it and re-protects pages
  * chunk by chunk just before sending them (fewer faults, no huge
  * write-protect storm when logging starts). */
+/* The dirty ring instead (ferry run --dirty-ring): per-vCPU rings of dirty
+ * pages, enabled before any vCPU exists. It replaces the bitmap log, and
+ * manual protect must stay off (with INITIALLY_SET nothing would ever be
+ * write-protected). */
+static int vm_setup_dirty_ring(struct vm *vm, unsigned entries)
+{
+    int acq = ioctl(vm->vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_DIRTY_LOG_RING_ACQ_REL);
+    int ring = ioctl(vm->vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_DIRTY_LOG_RING);
+    uint64_t bytes = (uint64_t)entries * sizeof(struct kvm_dirty_gfn);
+    struct kvm_enable_cap cap = { .cap = acq > 0 ? KVM_CAP_DIRTY_LOG_RING_ACQ_REL
+                                                 : KVM_CAP_DIRTY_LOG_RING, .args = { bytes } };
+    int max = acq > 0 ? acq : ring;
+
+    if (max <= 0 || bytes > (uint64_t)max) {
+        log_err("KVM lacks the dirty ring (KVM_CAP_DIRTY_LOG_RING = %d, _ACQ_REL = %d, "
+                "%llu bytes wanted)", ring, acq, (unsigned long long)bytes);
+        return -ENOTSUP;
+    }
+    vm->dirty_ring = entries;
+    return vm_ioctl(vm, KVM_ENABLE_CAP, &cap, "KVM_ENABLE_CAP(DIRTY_LOG_RING)");
+}
+
 static int vm_setup_dirty_log(struct vm *vm)
 {
     uint64_t want = KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET;
@@ -226,7 +248,7 @@ int vm_create(struct vm *vm, const struct vm_config *cfg)
     vm->stop_efd = eventfd(0, EFD_CLOEXEC);
     ret = vm->stop_efd < 0 ? -errno : vm_open_kvm(vm);
     if (ret == 0)
-        ret = vm_setup_dirty_log(vm);
+        ret = cfg->dirty_ring ? vm_setup_dirty_ring(vm, cfg->dirty_ring) : vm_setup_dirty_log(vm);
     if (ret == 0)
         ret = vm_setup_irqchip(vm);
     if (ret == 0)

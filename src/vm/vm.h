@@ -34,7 +34,10 @@ struct vm_config {
     const char *console;      /* "stdio", "file:PATH" or "none" */
     const char *debugcon;     /* path or NULL */
     bool restore;             /* state comes from a stream: no kernel is loaded */
+    unsigned dirty_ring;      /* entries per vCPU of KVM's dirty ring; 0: bitmap log */
 };
+
+#define DIRTY_RING_ENTRIES 16384
 
 /* Progress of the last snapshot, shown by GET /v1/vm. */
 struct snapshot_progress {
@@ -60,6 +63,7 @@ struct vcpu {
     uint64_t exits;
     uint64_t io_exits;
     uint64_t throttle_ns;     /* auto-converge: sleep this long before re-entry */
+    uint64_t throttled_ns;    /* auto-converge: slept in all (for the report) */
 };
 
 struct vm {
@@ -107,6 +111,8 @@ struct vm {
     struct kvm_clock_data frozen_clock;
     uint64_t frozen_tsc[VM_MAX_VCPUS];
     unsigned throttle_pct;
+    uint64_t throttle_mask;   /* vCPUs auto-converge slows down; 0: all */
+    unsigned dirty_ring;      /* entries per vCPU, 0 without the ring */
     pthread_t throttle_thread;
     bool throttle_thread_started;
 };

@@ -140,6 +140,23 @@ static void test_bitmap(void **state)
     }
 }
 
+static void test_throttle_mask(void **state)
+{
+    uint64_t one_dirtier[2] = { 40, 250000 };      /* vCPU 0 heartbeats, vCPU 1 dirties */
+    uint64_t even[4] = { 9000, 11000, 10000, 10000 };
+    uint64_t skewed[4] = { 0, 3000, 100000, 1000 };
+    uint64_t none[3] = { 0, 0, 0 };
+    uint64_t slow[2] = { 300, 900 };                /* both under 1000 pages/s */
+
+    (void)state;
+    assert_int_equal(policy_throttle_mask(one_dirtier, 2), 0x2);
+    assert_int_equal(policy_throttle_mask(even, 4), 0xf);
+    assert_int_equal(policy_throttle_mask(skewed, 4), 0x4);
+    assert_int_equal(policy_throttle_mask(none, 3), 0);    /* nothing known: no choice */
+    assert_int_equal(policy_throttle_mask(slow, 2), 0);
+    assert_int_equal(policy_throttle_mask(NULL, 0), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -149,6 +166,7 @@ int main(void)
         cmocka_unit_test(test_max_time),
         cmocka_unit_test(test_auto_converge_steps),
         cmocka_unit_test(test_bitmap),
+        cmocka_unit_test(test_throttle_mask),
     };
     return cmocka_run_group_tests_name("policy", tests, NULL, NULL);
 }

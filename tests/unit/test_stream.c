@@ -10,6 +10,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "codec/zero.h"
 #include "devices/rtc.h"
 #include "state/pages.h"
 #include "state/state.h"
@@ -217,14 +218,14 @@ static void test_page_zero(void **state)
 
     (void)state;
     memset(page, 0, sizeof(page));
-    assert_true(page_is_zero(page));
+    assert_true(zero_page_check(page));
     for (unsigned i = 0; i < sizeof(page); i += 511) {
         page[i] = 1;
-        assert_false(page_is_zero(page));
+        assert_false(zero_page_check(page));
         page[i] = 0;
     }
     page[4095] = 0x80;
-    assert_false(page_is_zero(page));
+    assert_false(zero_page_check(page));
 }
 
 static void test_pages_load_checks(void **state)
