@@ -10,7 +10,8 @@
 #include "util/util.h"
 
 enum { OPT_KERNEL = 256, OPT_INITRD, OPT_CMDLINE, OPT_MEMORY, OPT_CPUS,
-       OPT_API, OPT_CONSOLE, OPT_DEBUGCON, OPT_LOG, OPT_SNAPSHOT, OPT_PAUSED, OPT_INCOMING };
+       OPT_API, OPT_CONSOLE, OPT_DEBUGCON, OPT_LOG, OPT_SNAPSHOT, OPT_PAUSED, OPT_INCOMING,
+       OPT_NET = 300 };
 
 static const struct option run_options[] = {
     { "kernel", required_argument, NULL, OPT_KERNEL },
@@ -25,6 +26,7 @@ static const struct option run_options[] = {
     { "snapshot", required_argument, NULL, OPT_SNAPSHOT },
     { "paused", no_argument, NULL, OPT_PAUSED },
     { "incoming", required_argument, NULL, OPT_INCOMING },
+    { "net", required_argument, NULL, OPT_NET },
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
@@ -43,8 +45,10 @@ void args_run_usage(void)
         "  --api-socket PATH     serve the REST API on this unix socket\n"
         "  --console stdio|file:PATH|none   serial console (default stdio)\n"
         "  --debugcon PATH       port 0xe9 output to this file or FIFO\n"
-        "  --log-level error|warning|info|debug, -v for debug\n",
-        ARGS_DEFAULT_MEMORY_MIB, VM_MAX_VCPUS);
+        "  --log-level error|warning|info|debug, -v for debug\n"
+        "  --net tap=NAME[,mac=MAC]  virtio-net on a tap (up to %d; MAC default\n"
+        "                        52:54:00 + hash of NAME; migration keeps the source's)\n",
+        ARGS_DEFAULT_MEMORY_MIB, VM_MAX_VCPUS, NET_MAX_DEVICES);
 }
 
 void args_restore_usage(void)
@@ -55,7 +59,8 @@ void args_restore_usage(void)
         "  --paused              start with the vCPUs paused\n"
         "  --memory MiB, --cpus N  optional: must match the snapshot\n"
         "  --api-socket PATH, --console stdio|file:PATH|none, --debugcon PATH,\n"
-        "  --log-level LEVEL, -v   as for ferry run\n");
+        "  --log-level LEVEL, -v   as for ferry run\n"
+        "  --net tap=NAME        as for ferry run, same count; MACs come from the snapshot\n");
 }
 
 static int args_memory(const char *s, uint64_t *bytes, char *err, size_t len)
@@ -110,6 +115,18 @@ static int args_log_level(const char *s, int *level, char *err, size_t len)
     return -EINVAL;
 }
 
+static int args_net(const char *s, struct vm_config *c, char *err, size_t len)
+{
+    if (c->nnets >= NET_MAX_DEVICES) {
+        snprintf(err, len, "--net: at most %d network devices", NET_MAX_DEVICES);
+        return -EINVAL;
+    }
+    if (net_parse_option(s, c->nnets, &c->nets[c->nnets], err, len) < 0)
+        return -EINVAL;
+    c->nnets++;
+    return 0;
+}
+
 static int args_one(int opt, struct run_args *a, char *err, size_t len)
 {
     struct vm_config *c = &a->vm;
@@ -130,6 +147,7 @@ static int args_one(int opt, struct run_args *a, char *err, size_t len)
     case OPT_API: c->api_socket = optarg; return 0;
     case OPT_CONSOLE: c->console = optarg; return args_console(optarg, err, len);
     case OPT_DEBUGCON: c->debugcon = optarg; return 0;
+    case OPT_NET: return args_net(optarg, c, err, len);
     case OPT_LOG: return args_log_level(optarg, &a->log_level, err, len);
     case 'v': a->log_level = LOG_DEBUG; return 0;
     case 'h': return ARGS_HELP;

@@ -16,6 +16,7 @@
 #include "devices/pio.h"
 #include "devices/rtc.h"
 #include "devices/serial.h"
+#include "net/tap.h"
 #include "state/state.h"
 #include "vm/memory.h"
 #include "vm/vcpu_state.h"
@@ -34,6 +35,9 @@ struct vm_config {
     const char *console;      /* "stdio", "file:PATH" or "none" */
     const char *debugcon;     /* path or NULL */
     bool restore;             /* state comes from a stream: no kernel is loaded */
+    /* --net: virtio-net devices with a tap backend, in command-line order */
+    struct net_config nets[NET_MAX_DEVICES];
+    unsigned nnets;
 };
 
 /* Progress of the last snapshot, shown by GET /v1/vm. */

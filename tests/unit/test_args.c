@@ -93,6 +93,34 @@ static void test_help_and_reparse(void **state)
     assert_int_equal(a.vm.ncpus, 2);
 }
 
+/* --net: tap name, optional MAC, stable default MAC, limits and bad input. */
+static void test_net_option(void **state)
+{
+    struct run_args a;
+    char err[256] = "";
+    char mac[18];
+
+    (void)state;
+    assert_int_equal(parse(7, ARGV("--kernel", "k", "--net", "tap=ftap0,mac=02:11:22:33:44:5A",
+                                   "--net", "tap=t1"), &a, err), 0);
+    assert_int_equal(a.vm.nnets, 2);
+    assert_string_equal(a.vm.nets[0].tap, "ftap0");
+    net_mac_format(a.vm.nets[0].mac, mac);
+    assert_string_equal(mac, "02:11:22:33:44:5a");
+    assert_true(a.vm.nets[0].mac_given);
+    assert_false(a.vm.nets[1].mac_given);
+    net_mac_format(a.vm.nets[1].mac, mac);
+    assert_memory_equal(mac, "52:54:00:", 9);
+    expect_error(ARGV("--kernel", "k", "--net", "mac=02:00:00:00:00:01"), 5, "tap=NAME");
+    expect_error(ARGV("--kernel", "k", "--net", "tap=a,mac=01:00:00:00:00:01"), 5, "unicast");
+    expect_error(ARGV("--kernel", "k", "--net", "tap=a,mac=02:00:00:00:00"), 5, "unicast");
+    expect_error(ARGV("--kernel", "k", "--net", "tap=a,speed=1"), 5, "unknown");
+    expect_error(ARGV("--kernel", "k", "--net", "tap=abcdefghijklmnopq"), 5, "longer");
+    expect_error(ARGV("--kernel", "k", "--net", "tap="), 5, "unknown or empty");
+    expect_error(ARGV("--kernel", "k", "--net", "tap=a", "--net", "tap=b", "--net", "tap=c",
+                      "--net", "tap=d", "--net", "tap=e"), 13, "at most");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -100,6 +128,7 @@ int main(void)
         cmocka_unit_test(test_all_options),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_help_and_reparse),
+        cmocka_unit_test(test_net_option),
     };
     return cmocka_run_group_tests_name("args", tests, NULL, NULL);
 }
