@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "util/log.h"
@@ -176,17 +177,15 @@ int tap_open(struct tap *t, const char *name, bool attach)
     ret = tap_setiff(t, name);
     if (ret == 0)
         ret = tap_ioctl(t, TUNSETVNETHDRSZ, &hdr, "TUNSETVNETHDRSZ");
+    /* Probed while attached (a detached queue cannot set them), so the
+     * features offered to the guest are the same on every host. */
+    if (ret == 0)
+        tap_probe_offloads(t);
     if (ret == 0 && !attach)
         ret = tap_attach(t, false);
-    if (ret < 0) {
+    if (ret < 0)
         tap_close(t);
-        return ret;
-    }
-    /* Probed on an attached queue only: the flags are device-wide and a
-     * migration source may be using them right now. */
-    if (attach)
-        tap_probe_offloads(t);
-    return 0;
+    return ret;
 }
 
 int tap_attach(struct tap *t, bool on)
@@ -199,13 +198,13 @@ int tap_attach(struct tap *t, bool on)
     ret = tap_ioctl(t, TUNSETQUEUE, &ifr, on ? "attach queue" : "detach queue");
     if (ret == 0)
         t->attached = on;
-    if (ret == 0 && on && t->offloads == 0)
-        tap_probe_offloads(t);
     return ret;
 }
 
 int tap_set_offload(struct tap *t, unsigned flags)
 {
+    if (!t->attached)
+        return 0;
     return tap_ioctl(t, TUNSETOFFLOAD, (void *)(unsigned long)(flags & t->offloads),
                      "TUNSETOFFLOAD");
 }
@@ -216,4 +215,35 @@ void tap_close(struct tap *t)
         close(t->fd);
     t->fd = -1;
     t->attached = false;
+}
+
+uint64_t tap_host_drops(const struct tap *t)
+{
+    char line[512], name[NET_IFNAMSIZ + 2];
+    unsigned long long f[12] = { 0 };
+    FILE *fp = fopen("/proc/net/dev", "re");
+
+    if (!fp)
+        return 0;
+    snprintf(name, sizeof(name), "%s:", t->name);
+    while (fgets(line, sizeof(line), fp)) {
+        char *p = line + strspn(line, " ");
+
+        if (strncmp(p, name, strlen(name)) != 0)
+            continue;
+        sscanf(p + strlen(name), "%llu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu",
+               &f[0], &f[1], &f[2], &f[3], &f[4], &f[5], &f[6], &f[7], &f[8], &f[9], &f[10],
+               &f[11]);
+        break;
+    }
+    fclose(fp);
+    return f[11];
+}
+
+int tap_send(struct tap *t, const void *frame, size_t len)
+{
+    uint8_t hdr[TAP_VNET_HDR_LEN] = { 0 };
+    struct iovec iov[2] = { { hdr, sizeof(hdr) }, { (void *)frame, len } };
+
+    return writev(t->fd, iov, 2) < 0 ? -errno : 0;
 }

@@ -45,5 +45,10 @@ int tap_attach(struct tap *t, bool on);
 /* Enables the offloads (TUN_F_*) the guest negotiated, within t->offloads. */
 int tap_set_offload(struct tap *t, unsigned flags);
 void tap_close(struct tap *t);
+/* The host's count of packets it could not hand to the tap (no queue
+ * attached, queue full): /proc/net/dev "tx drop" of this netns. */
+uint64_t tap_host_drops(const struct tap *t);
+/* Sends one frame (with a zeroed vnet header) to the host. */
+int tap_send(struct tap *t, const void *frame, size_t len);
 
 #endif
