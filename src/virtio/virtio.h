@@ -139,7 +139,8 @@ struct virtio_dev {
     bool thread_started;
     int epfd, ctl_fd;
     pthread_cond_t cond;
-    bool pause_req, parked, stop_req, kick_all;
+    unsigned pause_req;            /* park requests (VM pause, reset) */
+    bool parked, stop_req, kick_all, activate_pending;
     unsigned nwatch;
     struct { int fd; virtio_watch_fn fn; void *arg; } watch[VIRTIO_MAX_WATCH];
     uint64_t notifies, interrupts;
@@ -178,6 +179,13 @@ void virtio_dev_config_changed(struct virtio_dev *vdev);
 void virtio_dev_broken(struct virtio_dev *vdev, const char *why);
 bool virtio_dev_has_feature(const struct virtio_dev *vdev, unsigned bit);
 int virtio_dev_watch_fd(struct virtio_dev *vdev, int fd, virtio_watch_fn fn, void *arg);
+/* True when the worker should stop taking requests (pause or broken):
+ * device loops check it between requests so a pause never waits long. */
+bool virtio_dev_should_stop(struct virtio_dev *vdev);
+
+/* Fills a json_t object for GET /v1/vm: type, pci, name, status, then the
+ * device's own fields (ops->describe). */
+void virtio_dev_describe(struct virtio_dev *vdev, void *json_obj);
 
 /* The state section (one per device, instance = PCI slot). */
 struct state_ops;

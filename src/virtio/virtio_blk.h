@@ -11,10 +11,12 @@
 
 #define BLK_SERIAL_MAX 20   /* VIRTIO_BLK_ID_BYTES */
 
+#define BLK_MAX_DISKS 8
+
 struct disk_config {
-    const char *path;
+    char path[256];
     bool readonly;
-    const char *serial;     /* NULL: none */
+    char serial[BLK_SERIAL_MAX + 1];   /* "" : none */
 };
 
 struct virtio_blk {
@@ -24,6 +26,7 @@ struct virtio_blk {
     bool readonly;
     char serial[BLK_SERIAL_MAX + 1];
     uint64_t capacity;      /* 512-byte sectors */
+    struct vq_chain *chain;   /* the worker's one request in hand */
     uint8_t config[64];     /* struct virtio_blk_config, little-endian */
     uint64_t reads, writes, flushes, discards, errors;
     uint64_t bytes_read, bytes_written;

@@ -5,6 +5,7 @@
 #include <linux/if_tun.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -60,7 +61,8 @@ static void net_rx(struct virtio_net *n)
 
     if (!vq->enabled || !n->tap.attached)
         return;
-    while (vq_has_work(vq) && (ret = net_rx_one(n, vq)) > 0)
+    while (vq_has_work(vq) && !virtio_dev_should_stop(&n->vdev) &&
+           (ret = net_rx_one(n, vq)) > 0)
         if (++pushed % NET_NOTIFY_BATCH == 0)
             virtio_dev_notify(&n->vdev, NET_RXQ);
     if (pushed % NET_NOTIFY_BATCH)
@@ -97,7 +99,7 @@ static void net_tx(struct virtio_net *n)
 
     if (!vq->enabled)
         return;
-    while ((ret = net_tx_one(n, vq)) > 0)
+    while (!virtio_dev_should_stop(&n->vdev) && (ret = net_tx_one(n, vq)) > 0)
         done++;
     if (done)
         virtio_dev_notify(&n->vdev, NET_TXQ);
@@ -215,6 +217,19 @@ static uint64_t net_features(const struct tap *t)
     return f;
 }
 
+/* The transport watches fds level-triggered; rx stops reading while the
+ * guest has no buffers and resumes on the rx queue's notify, so the tap must
+ * be edge-triggered or the worker would spin on a readable tap. The tag is
+ * the transport's (WATCH_BASE + watch index). */
+static void net_watch_edge(struct virtio_net *n)
+{
+    struct epoll_event ev = { .events = EPOLLIN | EPOLLET,
+                              .data.u32 = 0x10000U + n->vdev.nwatch - 1 };
+
+    if (epoll_ctl(n->vdev.epfd, EPOLL_CTL_MOD, n->tap.fd, &ev) < 0)
+        log_warn("%s: tap watch stays level-triggered: %s", n->vdev.name, strerror(errno));
+}
+
 int virtio_net_add(struct virtio_bus *bus, struct virtio_net *n, unsigned index,
                    const struct net_config *cfg)
 {
@@ -237,6 +252,8 @@ int virtio_net_add(struct virtio_bus *bus, struct virtio_net *n, unsigned index,
     ret = virtio_dev_register(bus, &n->vdev);
     if (ret == 0)
         ret = virtio_dev_watch_fd(&n->vdev, n->tap.fd, net_tap_readable, n);
+    if (ret == 0)
+        net_watch_edge(n);
     if (ret < 0)
         tap_close(&n->tap);
     return ret;

@@ -6,6 +6,7 @@
 
 struct virtio_rng {
     struct virtio_dev vdev;
+    struct vq_chain *chain;   /* the worker's one request */
     uint64_t bytes;
 };
 

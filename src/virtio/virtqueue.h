@@ -61,6 +61,8 @@ int vq_pop(struct virtqueue *vq, struct vq_chain *c);
 int vq_push(struct virtqueue *vq, const struct vq_chain *c, uint32_t written);
 /* True if the guest made chains available that the device has not taken. */
 bool vq_has_work(const struct virtqueue *vq);
+/* False if the guest asked for no interrupts (VRING_AVAIL_F_NO_INTERRUPT). */
+bool vq_want_interrupt(const struct virtqueue *vq);
 /* Copies between a chain's segments and a flat buffer, starting at byte off
  * of the readable (vq_read) or writable (vq_write) part. Returns bytes copied. */
 uint32_t vq_read(const struct vq_chain *c, uint32_t off, void *dst, uint32_t len);
