@@ -36,6 +36,8 @@ static int net_rx_one(struct virtio_net *n, struct virtqueue *vq)
     if (len < VIRTIO_NET_HDR_LEN)
         return 1;
     n->rxbuf[10] = 1, n->rxbuf[11] = 0;   /* num_buffers = 1 (VERSION_1) */
+    if (!virtio_dev_has_feature(&n->vdev, VIRTIO_NET_F_GUEST_CSUM))
+        n->rxbuf[0] = 0;                  /* no DATA_VALID for a driver that did not ask */
     ret = vq_pop(vq, &n->chain);
     if (ret <= 0)
         return ret < 0 ? ret : 0;
