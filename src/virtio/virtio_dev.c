@@ -312,6 +312,8 @@ static int virtio_dev_arm(struct virtio_dev *v)
     v->ioeventfd_on[0] = false;
     virtio_bar_remap(v);
     ret = virtio_irqfds_assign(v);
+    if (!virtio_msix_enabled(v))
+        virtio_signal(v, VIRTIO_NO_VECTOR, 0);   /* INTx level follows a restored ISR */
     if (v->status & VIRTIO_STATUS_DRIVER_OK)
         v->activate_pending = true;
     v->kick_all = true;
