@@ -169,6 +169,7 @@ static int net_walk(struct state_walker *w, struct virtio_dev *vdev)
     if (walk_loading(w) && w->err == 0 && version != NET_STATE_VERSION)
         return walk_fail(w, -EINVAL, "net.version");
     walk_buf(w, mac, sizeof(mac), "net.mac");
+    walk_bool(w, &n->drops_valid, "net.drops_valid");
     walk_u64(w, &n->drops_at_pause, "net.drops_at_pause");
     if (w->err || !walk_loading(w))
         return w->err;
@@ -267,6 +268,7 @@ void virtio_net_pause(struct virtio_net *n)
         return;
     tap_attach(&n->tap, false);
     n->drops_at_pause = tap_host_drops(&n->tap);
+    n->drops_valid = true;
 }
 
 /* RARP from the guest's MAC, as a switch would need after a move. */
@@ -292,14 +294,14 @@ void virtio_net_resume(struct virtio_net *n)
         return;
     tap_set_offload(&n->tap, (n->vdev.status & VIRTIO_STATUS_DRIVER_OK) ?
                     net_tap_offloads(&n->vdev) : 0);
-    if (n->drops_at_pause) {
+    if (n->drops_valid) {
         drops = tap_host_drops(&n->tap);
-        if (drops >= n->drops_at_pause && drops - n->drops_at_pause > 0) {
+        if (drops > n->drops_at_pause) {
             net_count(&n->st.switchover_dropped, drops - n->drops_at_pause);
             log_info("%s: %llu packets dropped by the host while the VM was stopped",
                      n->vdev.name, (unsigned long long)(drops - n->drops_at_pause));
         }
-        n->drops_at_pause = 0;
+        n->drops_valid = false;
     }
     if (n->announce)
         net_announce(n);

@@ -39,6 +39,7 @@ struct virtio_net {
     uint8_t mac[NET_MAC_LEN];
     uint8_t config[10];            /* mac[6], le16 status, le16 max_virtqueue_pairs */
     bool announce;                 /* restored from a stream: announce the MAC on start */
+    bool drops_valid;              /* drops_at_pause was taken at the last pause */
     uint64_t drops_at_pause;       /* tap_host_drops() when the queue was detached */
     struct virtio_net_stats st;
     struct vq_chain chain;         /* worker thread only */
