@@ -17,6 +17,7 @@
 #define NET_TXQ 1
 #define NET_QUEUE_SIZE 256
 #define NET_NOTIFY_BATCH 32
+#define NET_BUDGET 256          /* packets per turn, so rx and tx take turns */
 #define NET_STATE_VERSION 1
 
 static void net_count(uint64_t *c, uint64_t n)
@@ -26,6 +27,17 @@ static void net_count(uint64_t *c, uint64_t n)
 
 /* One packet from the tap into one rx chain (no mergeable buffers: the driver
  * gives chains big enough for what it negotiated). */
+/* Out of budget with work left: come back after the other queue's turn (a
+ * write to our own notify eventfd, as the guest's kick would do). With the
+ * edge-triggered tap nothing else would wake us for packets already queued. */
+static void net_requeue(struct virtio_net *n, unsigned q)
+{
+    uint64_t one = 1;
+
+    if (write(n->vdev.kick_fd[q], &one, sizeof(one)) < 0)
+        log_warn("%s: re-kicking queue %u: %s", n->vdev.name, q, strerror(errno));
+}
+
 static int net_rx_one(struct virtio_net *n, struct virtqueue *vq)
 {
     ssize_t len = read(n->tap.fd, n->rxbuf, sizeof(n->rxbuf));
@@ -63,12 +75,14 @@ static void net_rx(struct virtio_net *n)
 
     if (!vq->enabled || !n->tap.attached)
         return;
-    while (vq_has_work(vq) && !virtio_dev_should_stop(&n->vdev) &&
+    while (vq_has_work(vq) && !virtio_dev_should_stop(&n->vdev) && pushed < NET_BUDGET &&
            (ret = net_rx_one(n, vq)) > 0)
         if (++pushed % NET_NOTIFY_BATCH == 0)
             virtio_dev_notify(&n->vdev, NET_RXQ);
     if (pushed % NET_NOTIFY_BATCH)
         virtio_dev_notify(&n->vdev, NET_RXQ);
+    if (pushed == NET_BUDGET && ret > 0)
+        net_requeue(n, NET_RXQ);
     if (ret < 0)
         virtio_dev_broken(&n->vdev, n->chain.error ? n->chain.error : "rx queue");
 }
@@ -97,14 +111,17 @@ static void net_tx(struct virtio_net *n)
 {
     struct virtqueue *vq = &n->vdev.vq[NET_TXQ];
     unsigned done = 0;
-    int ret;
+    int ret = 1;
 
     if (!vq->enabled)
         return;
-    while (!virtio_dev_should_stop(&n->vdev) && (ret = net_tx_one(n, vq)) > 0)
+    while (!virtio_dev_should_stop(&n->vdev) && done < NET_BUDGET &&
+           (ret = net_tx_one(n, vq)) > 0)
         done++;
     if (done)
         virtio_dev_notify(&n->vdev, NET_TXQ);
+    if (done == NET_BUDGET && ret > 0)
+        net_requeue(n, NET_TXQ);
     if (ret < 0)
         virtio_dev_broken(&n->vdev, n->chain.error ? n->chain.error : "tx queue");
 }
