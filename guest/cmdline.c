@@ -31,6 +31,62 @@ static void config_unknown(const char *k, size_t kn)
     con_printf("WARN unknown option %s\n", key);
 }
 
+/* A.B.C.D into host order. */
+static bool parse_ip(const char *s, size_t n, u32 *out)
+{
+    u32 ip = 0, parts = 0;
+    size_t i = 0;
+
+    while (i < n && parts < 4) {
+        size_t j = i;
+        u64 b;
+
+        while (j < n && s[j] != '.')
+            j++;
+        if (!parse_u64(s + i, j - i, &b) || b > 255)
+            return false;
+        ip = ip << 8 | (u32)b;
+        parts++;
+        i = j + 1;
+        if (j == n)
+            break;
+    }
+    *out = ip;
+    return parts == 4 && i >= n + 1;
+}
+
+/* Options of the virtio drivers; false if k is not one of them. */
+static bool config_set_virtio(const char *k, size_t kn, const char *v, size_t vn)
+{
+    u64 n;
+    u32 ip;
+    bool num = parse_u64(v, vn, &n);
+
+    if (str_is(k, kn, "blktest") && num)
+        cfg.blktest = n != 0;
+    else if (str_is(k, kn, "blk.loop") && num)
+        cfg.blk_loop = n != 0;
+    else if (str_is(k, kn, "blk.mib") && num && n >= 1 && n <= 1 << 20)
+        cfg.blk_mib = n;
+    else if (str_is(k, kn, "blkbench") && num)
+        cfg.blkbench = n != 0;
+    else if (str_is(k, kn, "blkbench.mib") && num && n >= 2 && n <= 1 << 20)
+        cfg.blk_bench_mib = n;
+    else if (str_is(k, kn, "net") && num)
+        cfg.net = n != 0;
+    else if (str_is(k, kn, "net.ip") && parse_ip(v, vn, &ip))
+        cfg.net_ip = ip;
+    else if (str_is(k, kn, "net.udp") && num && n >= 1 && n <= 65535)
+        cfg.net_udp = (u16)n;
+    else if (str_is(k, kn, "blktest") || str_is(k, kn, "blk.loop") || str_is(k, kn, "blk.mib") ||
+             str_is(k, kn, "blkbench") || str_is(k, kn, "blkbench.mib") || str_is(k, kn, "net") ||
+             str_is(k, kn, "net.ip") || str_is(k, kn, "net.udp"))
+        config_bad(k, kn, v, vn);
+    else
+        return false;
+    return true;
+}
+
 static void config_set(const char *k, size_t kn, const char *v, size_t vn)
 {
     u64 n;
@@ -54,13 +110,15 @@ static void config_set(const char *k, size_t kn, const char *v, size_t vn)
              str_is(k, kn, "dirtier.cpus") || str_is(k, kn, "dirtier.pattern") ||
              str_is(k, kn, "tick.us") || str_is(k, kn, "boot.trace"))
         config_bad(k, kn, v, vn);
-    else
+    else if (!config_set_virtio(k, kn, v, vn))
         config_unknown(k, kn);
 }
 
 void config_parse(const char *s, u32 cpus)
 {
-    cfg = (struct config){ .dirtier_mib = 64, .dirtier_cpus = cpus, .pattern = PATTERN_SEQ };
+    cfg = (struct config){ .dirtier_mib = 64, .dirtier_cpus = cpus, .pattern = PATTERN_SEQ,
+                           .blk_mib = 4, .blk_bench_mib = 128, .net_ip = 0x0a630002,
+                           .net_udp = 7 };
     while (*s) {
         const char *tok, *eq;
         size_t len = 0;

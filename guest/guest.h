@@ -22,9 +22,11 @@
 #define VEC_SPURIOUS    0xff
 
 #define TRAMP_BASE      0x8000      /* SIPI vector 0x08 */
+#define PT_SPARE        6           /* page-table pages for MMIO mappings above 64 GiB */
 
 #define SYS_SLEEP_TSC   0           /* rdi = TSC deadline; user code converts from guest ns */
 #define SYS_HALT        1
+#define SYS_MAP_UC      2           /* rdi = physical address: map its 2 MiB uncached, U=1 */
 
 #define USER_RFLAGS     0x3202      /* IF | IOPL=3 | reserved bit 1 */
 

@@ -46,6 +46,9 @@ u32 cpu_index(void);
 __noreturn void cpu_enter_user(u32 cpu);
 __noreturn void user_enter(u64 rip, u64 rsp, u64 arg);
 
+/* paging.c */
+s64 paging_map_uc(u64 pa);
+
 /* trap.c */
 struct trap_frame {
     u64 r15, r14, r13, r12, r11, r10, r9, r8, rbp, rdi, rsi, rdx, rcx, rbx, rax;

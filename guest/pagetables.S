@@ -1,7 +1,7 @@
 /*
  * Identity map of 0..64 GiB with 2 MiB pages, writable and user-accessible, built by
  * the assembler: the loader copies it in, so the CPL0 emulator never runs the fill
- * loop (32768 entries).
+ * loop (32768 entries). Spare zeroed tables follow for MMIO above 64 GiB (paging.c).
  */
 #include "guest.h"
 
@@ -32,5 +32,9 @@ boot_pd:
     .quad (i << 21) | (PTE_P | PTE_W | PTE_U | PTE_PS)
     i = i + 1
     .endr
+
+    .globl pt_spare
+pt_spare:
+    .fill PT_SPARE * 512, 8, 0
 
     .section .note.GNU-stack, "", @progbits

@@ -7,6 +7,7 @@ With --logs, the guest output of every run is kept in DIR/<check>.log.
 QEMU spends ~3.5 s in its firmware before the guest runs, so each check takes a while.
 """
 import argparse
+import json
 import os
 import re
 import socket
@@ -16,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 
 QEMU = os.environ.get("QEMU", "qemu-system-x86_64")
 RUNS = []           # runs of the current check, for --logs
@@ -26,8 +28,8 @@ class Run:
     """One QEMU run: guest lines (after the firmware's noise) with host timestamps."""
 
     def __init__(self, guest, smp, mem, append, secs, inputs=(), debugcon=None, qemu_args=(),
-                 machine=()):
-        cmd = [QEMU, *machine, "-enable-kvm", "-cpu", "host,arch-capabilities=off", "-m", str(mem),
+                 machine=(), prefix=()):
+        cmd = [*prefix, QEMU, *machine, "-enable-kvm", "-cpu", "host,arch-capabilities=off", "-m", str(mem),
                "-smp", str(smp), "-kernel", guest, "-append", append, "-nographic",
                "-no-reboot", "-serial", "stdio", "-monitor", "none"]
         if debugcon:
@@ -256,6 +258,156 @@ def check_corrupt(guest):
     return errs, {"fail": fails[:1]}
 
 
+BLK_XOR = 0x5a5a5a5a5a5a5a5a
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def blk_pattern():
+    """The second MiB as blktest writes it: sector s, word w = (s << 32 | w) ^ 0x5a.."""
+    import struct
+    return b"".join(struct.pack("<64Q", *[((s << 32) | w) ^ BLK_XOR for w in range(64)])
+                    for s in range(2048))
+
+
+def blkw_errors(data, last_g, first_mib=2, mib=2):
+    """blk.loop's area after poweroff: each sector holds pass last_g's words or
+    last_g + 1's (the pass under way)."""
+    import struct
+    errs = []
+    for s in range(first_mib * 2048, (first_mib + mib) * 2048):
+        words = struct.unpack_from("<64Q", data, s * 512)
+        ok = any(all(v == (g << 48) | (s << 16) | w for w, v in enumerate(words))
+                 for g in (last_g, last_g + 1))
+        if not ok:
+            errs.append(f"sector {s}: word0 {words[0]:#x} (last pass {last_g})")
+            break
+    return errs
+
+
+def blk_lines(r, n, data, errs):
+    """`BLK n <sectors> <crc>` must match the file."""
+    want = f"BLK {n} {len(data) // 512} {zlib.crc32(data[:1 << 20]):08x}"
+    if want not in r.text():
+        errs.append(f"no {want!r}: {[t for t in r.grep('BLK ') if t.startswith(f'BLK {n} ')]}")
+
+
+def check_virtio_blk(guest):
+    """Two disks (the second read-only) and rng: checksums, the pattern in the second MiB,
+    BLK ro, blk.loop passes whose pattern is in the file after poweroff; then blk.loop
+    on one vCPU, which must interleave with the heartbeats."""
+    errs, info = [], {}
+    with tempfile.TemporaryDirectory() as d:
+        d0, d1 = os.path.join(d, "d0.img"), os.path.join(d, "d1.img")
+        orig0, orig1 = os.urandom(8 << 20), os.urandom(3 << 20)
+        for path, data in ((d0, orig0), (d1, orig1)):
+            with open(path, "wb") as f:
+                f.write(data)
+        dev = ["-device", "virtio-blk-pci,drive=d0,disable-legacy=on",
+               "-drive", f"if=none,id=d0,file={d0},format=raw",
+               "-device", "virtio-rng-pci,disable-legacy=on",
+               "-device", "virtio-blk-pci,drive=d1,disable-legacy=on",
+               "-drive", f"if=none,id=d1,file={d1},format=raw,readonly=on"]
+        r = Run(guest, 2, 256, "dirtier.rate=5000 blktest=1 blk.loop=1 blk.mib=2", 30,
+                inputs=[(4.0, b"poweroff\r")], qemu_args=dev)
+        e, info = check_common(r, 2, 256, 64 * 256)
+        errs += e
+        virtio = r.grep("VIRTIO ")
+        if [v.split()[2] for v in virtio] != ["1042", "1044", "1042"]:
+            errs.append(f"VIRTIO lines: {virtio}")
+        blk_lines(r, 0, orig0, errs)
+        blk_lines(r, 1, orig1, errs)
+        for want in ("BLK ok 0", "BLK ro 1"):
+            if want not in r.text():
+                errs.append(f"no {want!r}: {r.grep('BLK')}")
+        if "POWEROFF" not in r.text() or not r.exited:
+            errs.append("no poweroff")
+        data0, data1 = open(d0, "rb").read(), open(d1, "rb").read()
+        if data0[1 << 20:2 << 20] != blk_pattern():
+            errs.append("second MiB of disk 0 lacks the pattern")
+        if data0[:1 << 20] != orig0[:1 << 20] or data0[4 << 20:] != orig0[4 << 20:]:
+            errs.append("disk 0 changed outside MiB 1..4")
+        if data1 != orig1:
+            errs.append("the read-only disk changed")
+        passes = [t.split() for t in r.grep("BLKW ")]
+        if not passes or any(p[2] != "ok" or int(p[1]) != i + 1 for i, p in enumerate(passes)):
+            errs.append(f"BLKW lines: {[' '.join(p) for p in passes[:3]]} ... ({len(passes)})")
+        else:
+            errs += blkw_errors(data0, len(passes))
+        info["blkw_passes"] = len(passes)
+        # One vCPU: the driver interleaves with heartbeats.
+        r1 = Run(guest, 1, 128, "dirtier.rate=5000 blktest=1 blk.loop=1 blk.mib=2", 14,
+                 qemu_args=dev[:4])
+        e1, info1 = check_common(r1, 1, 128, 64 * 256)
+        errs += [f"1 vCPU: {x}" for x in e1]
+        if "BLK ok 0" not in r1.text() or len(r1.grep("BLKW ")) < 5:
+            errs.append(f"1 vCPU: {r1.grep('BLK')[:3]}")
+        info["1cpu_blkw"] = len(r1.grep("BLKW "))
+        info["1cpu_hb_gap_max_ms"] = info1.get("hb_gap_max_ms")
+    return errs, info
+
+
+def netns_setup(tag):
+    """A network namespace with a tap (10.99.0.1/24) for QEMU or ferry to attach to."""
+    ns = f"fgq{tag}{os.getpid()}"
+    for cmd in (["ip", "netns", "add", ns],
+                ["ip", "netns", "exec", ns, "ip", "tuntap", "add", "dev", "tap0", "mode", "tap"],
+                ["ip", "netns", "exec", ns, "ip", "addr", "add", "10.99.0.1/24", "dev", "tap0"],
+                ["ip", "netns", "exec", ns, "ip", "link", "set", "tap0", "up"],
+                ["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]):
+        subprocess.run(cmd, check=True)
+    return ns
+
+
+def netprobe(ns, *args):
+    out = subprocess.run(["ip", "netns", "exec", ns, sys.executable,
+                          os.path.join(HERE, "netprobe.py"), *map(str, args)],
+                         capture_output=True, text=True, timeout=60)
+    return json.loads(out.stdout) if out.returncode == 0 else {"error": out.stderr[-300:]}
+
+
+def check_virtio_net(guest):
+    """Ping (ARP + ICMP) and UDP echo from a netns through a tap; then poweroff."""
+    if os.geteuid() != 0:
+        return ["needs root (network namespace, tap, raw ICMP)"], {}
+    ns = netns_setup("n")
+    res = {}
+    mac = "52:54:00:12:34:99"
+
+    def probe(r):
+        res["ping"] = netprobe(ns, "10.99.0.3", "ping", 20, 0.05)
+        res["udp64"] = netprobe(ns, "10.99.0.3", "udp", 5555, 64, 1.0, 8)
+        res["udp1400"] = netprobe(ns, "10.99.0.3", "udp", 5555, 1400, 1.0, 8)
+        time.sleep(1.2)     # one more NET stat line
+
+    try:
+        r = Run(guest, 2, 256, "net=1 net.ip=10.99.0.3 net.udp=5555", 40,
+                inputs=[(1.0, probe), (1.5, b"poweroff\r")],
+                prefix=["ip", "netns", "exec", ns], qemu_args=["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no",
+                           "-device", f"virtio-net-pci,netdev=n0,disable-legacy=on,mac={mac}"])
+    finally:
+        subprocess.run(["ip", "netns", "del", ns])
+    errs = []
+    if f"NET ready {mac}" not in r.text():
+        errs.append(f"NET ready: {r.grep('NET')[:2]}")
+    p = res.get("ping", {})
+    if p.get("received") != 20 or p.get("bad"):
+        errs.append(f"ping: {p}")
+    for k in ("udp64", "udp1400"):
+        u = res.get(k, {})
+        if not u.get("received") or u.get("bad") or u["received"] < u["sent"] - 8:
+            errs.append(f"{k}: {u}")
+    stats = [re.match(r"^NET rx=(\d+) tx=(\d+) drop=(\d+)$", t) for t in r.grep("NET rx=")]
+    if not stats or not all(stats) or int(stats[-1].group(2)) < p.get("received", 0) + sum(
+            res.get(k, {}).get("received", 0) for k in ("udp64", "udp1400")):
+        errs.append(f"NET stat lines: {r.grep('NET rx=')[-1:]}")
+    if [t for t in r.text() if t.startswith(("PANIC", "ERROR", "STALL"))]:
+        errs.append("error lines")
+    rtt = sorted(p.get("rtt_us", [0]))
+    return errs, {"rtt_p50_us": rtt[len(rtt) // 2],
+                  "udp64_pps": res.get("udp64", {}).get("pps"),
+                  "udp1400_MBps": res.get("udp1400", {}).get("MBps")}
+
+
 CHECKS = {
     "boot-1cpu-128M": lambda g: check_boot(g, 1, 128),
     "boot-2cpu-1024M": lambda g: check_boot(g, 2, 1024, 256),
@@ -271,6 +423,8 @@ CHECKS = {
     "corrupt": check_corrupt,
     "microvm": check_microvm,
     "tick-1000us": lambda g: check_tick(g, 2, 20000),
+    "virtio-blk": check_virtio_blk,
+    "virtio-net": check_virtio_net,
 }
 
 

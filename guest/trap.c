@@ -20,6 +20,9 @@ static void syscall_handle(struct trap_frame *f)
         break;
     case SYS_HALT:
         kernel_halt();
+    case SYS_MAP_UC:
+        f->rax = (u64)paging_map_uc(f->rdi);
+        break;
     default:
         f->rax = (u64)-1;
     }

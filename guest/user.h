@@ -45,6 +45,11 @@ struct config {
     enum pattern pattern;
     u64 tick_us;
     bool boot_trace;
+    /* virtio drivers (virtio.h) */
+    bool blktest, blk_loop, blkbench, net;
+    u64 blk_mib, blk_bench_mib;
+    u32 net_ip;                 /* host order: A.B.C.D = A << 24 | ... */
+    u16 net_udp;
 };
 extern struct config cfg;
 void config_parse(const char *cmdline, u32 cpus);

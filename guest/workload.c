@@ -4,7 +4,7 @@
  * until the next thing is due. CPU 0 also prints heartbeats, writes debugcon ticks
  * and serves the serial console.
  */
-#include "user.h"
+#include "virtio.h"
 
 #define HB_PERIOD_NS        (100 * NS_PER_MS)
 #define VERIFY_PERIOD_NS    NS_PER_SEC      /* one full pass of every share per round */
@@ -394,6 +394,33 @@ static void c0_step(struct worker *w, u64 now, u64 *next)
     c0_watch(now);
 }
 
+/* ---- the virtio CPU's duties while a driver waits (virtio.h) ---- */
+
+u32 virtio_cpu;
+static struct worker *virtio_worker;
+static u64 yield_next;          /* guest ns when its own duties are next due */
+
+/* Runs what the virtio CPU's worker loop would (heartbeats on a single CPU, its dirtier
+ * and verifier share), but only when due, so a polling driver keeps most of the time. */
+void worker_yield(void)
+{
+    struct worker *w = virtio_worker;
+    u64 now = worker_now(w), next = now + IDLE_SLEEP_NS;
+    bool busy = false;
+
+    if (now < yield_next)
+        return;
+    if (w->cpu == 0)
+        c0_step(w, now, &next);
+    if (w->owner) {
+        busy |= dirtier_step(w, now, &next);
+        busy |= verify_step(w, now, &next);
+    }
+    if (w->cpu == 0)
+        busy |= con_pump(PUMP_BYTES_TICK);
+    yield_next = busy ? now + SLICE_NS : next;
+}
+
 /* ---- set-up ---- */
 
 /* The largest RAM range above the image (and inside the 64 GiB identity map). */
@@ -445,6 +472,7 @@ static void workload_setup(void)
     wl.nowners = cfg.dirtier_cpus;
     wl.first_owner = ncpus - cfg.dirtier_cpus;
     c0.tick_ns = cfg.tick_us * NS_PER_US;
+    virtio_cpu = ncpus - 1;     /* like the dirtier: CPU 0 keeps its time for heartbeats */
 }
 
 static void worker_init(struct worker *w, u32 cpu)
@@ -540,6 +568,8 @@ static __noreturn void worker_loop(struct worker *w)
             busy |= dirtier_step(w, now, &next);
             busy |= verify_step(w, now, &next);
         }
+        if (w->cpu == virtio_cpu)
+            busy |= virtio_step(now, &next);
         busy |= con_pump(pump);
         if (!busy)
             sleep_until(w->cpu, next);
@@ -557,6 +587,8 @@ __noreturn void workload_main(u32 cpu)
         wait_for(&wl.go, 1, cpu);
     }
     worker_init(w, cpu);
+    if (cpu == virtio_cpu)
+        virtio_worker = w;
     workload_start(w);
     worker_loop(w);
 }

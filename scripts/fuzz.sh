@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets with clang (ASan + UBSan) and fuzzes each for
-# SECONDS (default 300): the state stream reader, the page delta decoder and
-# the lz4/zstd decoders. Usage: scripts/fuzz.sh [SECONDS [TARGET...]] with
-# TARGET one of stream, delta, decompress (default: all). Prints one line per
+# SECONDS (default 300): the state stream reader, the page delta decoder,
+# the lz4/zstd decoders, the virtqueue parser.
+# Usage: scripts/fuzz.sh [SECONDS [TARGET...]] with
+# TARGET one of stream, delta, decompress, virtqueue (default: all). Prints one line per
 # target; exits non-zero if any target crashed.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 seconds=${1:-300}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(stream delta decompress)
+[ ${#targets[@]} -gt 0 ] || targets=(stream delta decompress virtqueue)
 build="$root/build/fuzz"
 
 if [ ! -f "$build/build.ninja" ]; then

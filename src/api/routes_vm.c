@@ -30,6 +30,18 @@ static json_t *snapshot_json(struct vm *vm)
                      "error", p.state == SNAP_FAILED ? p.error : NULL);
 }
 
+static json_t *devices_json(struct vm *vm)
+{
+    json_t *a = json_array();
+
+    for (unsigned i = 0; i < vm->virtio.n; i++) {
+        json_t *o = json_object();
+        virtio_dev_describe(vm->virtio.dev[i], o);
+        json_array_append_new(a, o);
+    }
+    return a;
+}
+
 static int route_vm_get(void *ctx, json_t *body, json_t **resp)
 {
     struct vm *vm = ctx;
@@ -38,7 +50,7 @@ static int route_vm_get(void *ctx, json_t *body, json_t **resp)
     (void)body;
     for (unsigned i = 0; i < vm->ncpus; i++)
         json_array_append_new(vcpus, vcpu_json(&vm->vcpus[i]));
-    *resp = json_pack("{s:s, s:i, s:I, s:I, s:s?, s:s?, s:o, s:o}",
+    *resp = json_pack("{s:s, s:i, s:I, s:I, s:s?, s:s?, s:o, s:o, s:o}",
                       "state", vm_state_name(vm->state),
                       "vcpus", (int)vm->ncpus,
                       "memory_mib", (json_int_t)(vm->mem.size / MIB),
@@ -46,7 +58,8 @@ static int route_vm_get(void *ctx, json_t *body, json_t **resp)
                       "kernel", vm->cfg->kernel,
                       "cmdline", vm->cfg->cmdline,
                       "vcpu_states", vcpus,
-                      "snapshot", snapshot_json(vm));
+                      "snapshot", snapshot_json(vm),
+                      "devices", devices_json(vm));
     return 200;
 }
 

@@ -11,7 +11,7 @@
 
 enum { OPT_KERNEL = 256, OPT_INITRD, OPT_CMDLINE, OPT_MEMORY, OPT_CPUS,
        OPT_API, OPT_CONSOLE, OPT_DEBUGCON, OPT_LOG, OPT_SNAPSHOT, OPT_PAUSED, OPT_INCOMING,
-       OPT_DIRTY_RING };
+       OPT_DIRTY_RING, OPT_DISK, OPT_NO_RNG, OPT_NET };
 
 static const struct option run_options[] = {
     { "kernel", required_argument, NULL, OPT_KERNEL },
@@ -26,7 +26,7 @@ static const struct option run_options[] = {
     { "snapshot", required_argument, NULL, OPT_SNAPSHOT },
     { "paused", no_argument, NULL, OPT_PAUSED },
     { "incoming", required_argument, NULL, OPT_INCOMING },
-    { "dirty-ring", no_argument, NULL, OPT_DIRTY_RING },
+       OPT_DIRTY_RING, OPT_DISK, OPT_NO_RNG, OPT_NET };
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
@@ -47,8 +47,12 @@ void args_run_usage(void)
         "  --debugcon PATH       port 0xe9 output to this file or FIFO\n"
         "  --dirty-ring          track dirty pages with KVM's per-vCPU dirty ring\n"
         "                        (migrations then give per-vCPU dirty rates)\n"
+        "  --disk path=FILE[,readonly=on][,serial=ID]   virtio-blk on a raw file (repeatable)\n"
+        "  --no-rng              no virtio-rng device\n"
+        "  --net tap=NAME[,mac=MAC]  virtio-net on a tap (up to %d; MAC default\n"
+        "                        52:54:00 + hash of NAME; migration keeps the source's)\n"
         "  --log-level error|warning|info|debug, -v for debug\n",
-        ARGS_DEFAULT_MEMORY_MIB, VM_MAX_VCPUS);
+        ARGS_DEFAULT_MEMORY_MIB, VM_MAX_VCPUS, NET_MAX_DEVICES);
 }
 
 void args_restore_usage(void)
@@ -59,7 +63,9 @@ void args_restore_usage(void)
         "  --paused              start with the vCPUs paused\n"
         "  --memory MiB, --cpus N  optional: must match the snapshot\n"
         "  --api-socket PATH, --console stdio|file:PATH|none, --debugcon PATH,\n"
-        "  --log-level LEVEL, -v   as for ferry run\n");
+        "  --disk ..., --no-rng, --net ..., --log-level LEVEL, -v   as for ferry run\n"
+        "  (the devices must be the same as when the snapshot was taken; the MACs\n"
+        "  come from the snapshot)\n");
 }
 
 static int args_memory(const char *s, uint64_t *bytes, char *err, size_t len)
@@ -114,6 +120,65 @@ static int args_log_level(const char *s, int *level, char *err, size_t len)
     return -EINVAL;
 }
 
+static int args_disk_key(struct disk_config *d, const char *key, const char *val,
+                         char *err, size_t len)
+{
+    if (strcmp(key, "path") == 0 && *val && strlen(val) < sizeof(d->path)) {
+        snprintf(d->path, sizeof(d->path), "%s", val);
+    } else if (strcmp(key, "readonly") == 0 && (!strcmp(val, "on") || !strcmp(val, "off"))) {
+        d->readonly = strcmp(val, "on") == 0;
+    } else if (strcmp(key, "serial") == 0 && strlen(val) <= BLK_SERIAL_MAX) {
+        snprintf(d->serial, sizeof(d->serial), "%s", val);
+    } else {
+        snprintf(err, len, "--disk: bad %s=%s (path=FILE, readonly=on|off, serial=ID of "
+                 "at most %d characters)", key, val, BLK_SERIAL_MAX);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* path=FILE[,readonly=on|off][,serial=ID]; a path cannot contain a comma. */
+static int args_disk(const char *s, struct vm_config *c, char *err, size_t len)
+{
+    struct disk_config d = { .readonly = false };
+    char buf[512], *save = NULL;
+
+    if (c->ndisks >= BLK_MAX_DISKS || strlen(s) >= sizeof(buf)) {
+        snprintf(err, len, "--disk: at most %d disks, each option under 512 characters",
+                 BLK_MAX_DISKS);
+        return -EINVAL;
+    }
+    snprintf(buf, sizeof(buf), "%s", s);
+    for (char *kv = strtok_r(buf, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(kv, '=');
+        if (!eq) {
+            snprintf(err, len, "--disk: '%s' is not key=value", kv);
+            return -EINVAL;
+        }
+        *eq = 0;
+        if (args_disk_key(&d, kv, eq + 1, err, len) < 0)
+            return -EINVAL;
+    }
+    if (!d.path[0]) {
+        snprintf(err, len, "--disk needs path=FILE");
+        return -EINVAL;
+    }
+    c->disks[c->ndisks++] = d;
+    return 0;
+}
+
+static int args_net(const char *s, struct vm_config *c, char *err, size_t len)
+{
+    if (c->nnets >= NET_MAX_DEVICES) {
+        snprintf(err, len, "--net: at most %d network devices", NET_MAX_DEVICES);
+        return -EINVAL;
+    }
+    if (net_parse_option(s, c->nnets, &c->nets[c->nnets], err, len) < 0)
+        return -EINVAL;
+    c->nnets++;
+    return 0;
+}
+
 static int args_one(int opt, struct run_args *a, char *err, size_t len)
 {
     struct vm_config *c = &a->vm;
@@ -135,6 +200,9 @@ static int args_one(int opt, struct run_args *a, char *err, size_t len)
     case OPT_API: c->api_socket = optarg; return 0;
     case OPT_CONSOLE: c->console = optarg; return args_console(optarg, err, len);
     case OPT_DEBUGCON: c->debugcon = optarg; return 0;
+    case OPT_DISK: return args_disk(optarg, c, err, len);
+    case OPT_NO_RNG: c->no_rng = true; return 0;
+    case OPT_NET: return args_net(optarg, c, err, len);
     case OPT_LOG: return args_log_level(optarg, &a->log_level, err, len);
     case 'v': a->log_level = LOG_DEBUG; return 0;
     case 'h': return ARGS_HELP;

@@ -58,6 +58,8 @@ void pci_cfg_write(struct pci_bus *pci, uint32_t addr, unsigned off, unsigned si
         uint8_t m = dev->wmask[reg + i], b = (uint8_t)(value >> (8 * i));
         dev->cfg[reg + i] = (uint8_t)((dev->cfg[reg + i] & ~m) | (b & m));
     }
+    if (dev->on_write)
+        dev->on_write(dev, reg, size);
 }
 
 /* 0xcf8 is claimed one byte wide: dword accesses start there, and byte

@@ -17,6 +17,9 @@ struct pci_device {
     uint8_t cfg[PCI_CFG_SIZE];
     uint8_t wmask[PCI_CFG_SIZE];   /* bits the guest may change */
     const char *name;
+    /* Optional: called after a guest config write, with the bus lock held
+     * (virtio-pci follows BAR moves and MSI-X enable/mask here). */
+    void (*on_write)(struct pci_device *dev, unsigned reg, unsigned size);
 };
 
 struct pci_bus {

@@ -272,6 +272,18 @@ static uint64_t mig_elapsed(const struct migration *m)
     return m->total_ns ? m->total_ns : time_now_ns() - m->start_ns;
 }
 
+/* Destination: packets the host dropped on the taps between the source's
+ * pause and this side's start (docs/MIGRATION.md). */
+static uint64_t mig_net_dropped(struct vm *vm)
+{
+    uint64_t n = 0;
+
+    for (unsigned i = 0; i < NET_MAX_DEVICES; i++)
+        if (vm->net[i].vdev.ops)
+            n += __atomic_load_n(&vm->net[i].st.switchover_dropped, __ATOMIC_RELAXED);
+    return n;
+}
+
 json_t *mig_status_json(struct migration *m)
 {
     json_t *rounds = json_array(), *j;
@@ -326,6 +338,9 @@ json_t *mig_status_json(struct migration *m)
         json_object_set_new(j, "postcopy", postcopy_json(m));
     if (m->error[0])
         json_object_set_new(j, "error", json_string(m->error));
+    if (!m->source && m->vm)
+        json_object_set_new(j, "net_switchover_dropped",
+                            json_integer((json_int_t)mig_net_dropped(m->vm)));
     pthread_mutex_unlock(&m->lock);
     return j;
 }

@@ -8,6 +8,7 @@ static const char *const section_names[] = {
     [SECTION_VCPU] = "vcpu", [SECTION_IRQCHIP] = "irqchip", [SECTION_PIT] = "pit",
     [SECTION_SERIAL] = "serial", [SECTION_RTC] = "rtc", [SECTION_PCI] = "pci",
     [SECTION_ACPI_PM] = "acpi_pm", [SECTION_CLOCK] = "clock",
+    [SECTION_VIRTIO] = "virtio",
 };
 
 const char *state_section_name(uint32_t id)

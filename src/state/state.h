@@ -23,6 +23,7 @@ enum state_section_id {
     SECTION_PCI = 6,
     SECTION_ACPI_PM = 7,
     SECTION_CLOCK = 8,
+    SECTION_VIRTIO = 16,     /* one per virtio-pci device, instance = PCI slot */
 };
 
 struct state_ops {

@@ -145,12 +145,15 @@ static void vcpu_io(struct vcpu *vcpu)
                      run->io.size, write);
 }
 
-/* No MMIO devices yet: reads float high, writes vanish, as on real buses. */
+/* virtio BARs; elsewhere reads float high and writes vanish, as on real buses. */
 static void vcpu_mmio(struct vcpu *vcpu)
 {
     struct kvm_run *run = vcpu->run;
     static int logged;
 
+    if (run->mmio.len <= 8 && virtio_mmio(&vcpu->vm->virtio, run->mmio.phys_addr,
+                                          run->mmio.data, run->mmio.len, run->mmio.is_write))
+        return;
     if (!run->mmio.is_write)
         memset(run->mmio.data, 0xff, sizeof(run->mmio.data));
     if (!__atomic_exchange_n(&logged, 1, __ATOMIC_RELAXED))

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -11,6 +12,7 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include "devices/irq.h"
 #include "util/log.h"
 #include "util/util.h"
 
@@ -60,31 +62,14 @@ static int vm_open_kvm(struct vm *vm)
     return cpuid_get_supported(vm->kvm_fd, &vm->cpuid);
 }
 
-static void route_irqchip(struct kvm_irq_routing_entry *e, uint32_t gsi, uint32_t chip,
-                          uint32_t pin)
-{
-    *e = (struct kvm_irq_routing_entry){ .gsi = gsi, .type = KVM_IRQ_ROUTING_IRQCHIP };
-    e->u.irqchip.irqchip = chip;
-    e->u.irqchip.pin = pin;
-}
-
-/* As on a PC: ISA IRQ n goes to PIC pin n and IOAPIC pin n, except the PIT
- * (GSI 0), which the MADT override sends to IOAPIC pin 2. */
 static int vm_irq_routing(struct vm *vm)
 {
     struct {
         struct kvm_irq_routing hdr;
-        struct kvm_irq_routing_entry e[48];
+        struct kvm_irq_routing_entry e[IRQ_PC_ROUTES];
     } r = { 0 };
-    unsigned n = 0;
 
-    for (uint32_t gsi = 0; gsi < 24; gsi++) {
-        if (gsi < 16 && gsi != 2)
-            route_irqchip(&r.e[n++], gsi, KVM_IRQCHIP_PIC_MASTER + (gsi >= 8), gsi % 8);
-        if (gsi != 2)
-            route_irqchip(&r.e[n++], gsi, KVM_IRQCHIP_IOAPIC, gsi == 0 ? 2 : gsi);
-    }
-    r.hdr.nr = n;
+    r.hdr.nr = irq_routes_pc(r.e);
     return vm_ioctl(vm, KVM_SET_GSI_ROUTING, &r, "KVM_SET_GSI_ROUTING");
 }
 
@@ -174,6 +159,23 @@ static int vm_console_fd(struct vm *vm, const char *console, int *out)
     return 0;
 }
 
+/* PCI slots in contract order: disks, then network devices, then rng. On an
+ * incoming migration the disks are opened now but nothing touches them until
+ * the VM starts at the switchover (docs/VIRTIO.md). */
+static int vm_setup_virtio(struct vm *vm, const struct vm_config *cfg)
+{
+    int ret = 0;
+
+    virtio_bus_init(&vm->virtio, vm->vm_fd, &vm->mem, &vm->pci);
+    for (unsigned i = 0; i < cfg->ndisks && ret == 0; i++)
+        ret = virtio_blk_add(&vm->virtio, &vm->blk[i], i, &cfg->disks[i]);
+    for (unsigned i = 0; i < cfg->nnets && ret == 0; i++)
+        ret = virtio_net_add(&vm->virtio, &vm->net[i], i, &cfg->nets[i]);
+    if (ret == 0 && !cfg->no_rng)
+        ret = virtio_rng_add(&vm->virtio, &vm->rng);
+    return ret;
+}
+
 static int vm_setup_devices(struct vm *vm, const struct vm_config *cfg)
 {
     bool no_input = cfg->console && strcmp(cfg->console, "none") == 0;
@@ -192,6 +194,8 @@ static int vm_setup_devices(struct vm *vm, const struct vm_config *cfg)
         ret = acpi_pm_init(&vm->pm, &vm->pio, vm_on_power, vm);
     if (ret == 0)
         ret = debugcon_init(&vm->debugcon, &vm->pio, cfg->debugcon);
+    if (ret == 0)
+        ret = vm_setup_virtio(vm, cfg);
     if (ret < 0)
         log_err("setting up devices: %s", strerror(-ret));
     return ret;
@@ -264,6 +268,14 @@ int vm_create(struct vm *vm, const struct vm_config *cfg)
     return ret;
 }
 
+/* Taps take part in traffic only while the VM runs (docs/MIGRATION.md). */
+static void vm_net_run(struct vm *vm, bool run)
+{
+    for (unsigned i = 0; i < NET_MAX_DEVICES; i++)
+        if (vm->net[i].vdev.ops)
+            (run ? virtio_net_resume : virtio_net_pause)(&vm->net[i]);
+}
+
 int vm_start(struct vm *vm, bool paused)
 {
     int ret = vcpu_signals_init();
@@ -275,6 +287,10 @@ int vm_start(struct vm *vm, bool paused)
     vm->state = paused ? VM_PAUSED : VM_RUNNING;
     vm->pause_req = paused;
     vm->paused_since_ns = vm->start_ns;
+    if (ret == 0 && !paused)
+        vm_net_run(vm, true);
+    if (ret == 0)
+        ret = virtio_bus_start(&vm->virtio, paused);
     for (unsigned i = 0; ret == 0 && i < vm->ncpus; i++)
         ret = vcpu_start(&vm->vcpus[i]);
     if (ret == 0)
@@ -338,6 +354,7 @@ int vm_wait(struct vm *vm)
         if (vm->vcpus[i].thread_started)
             pthread_join(vm->vcpus[i].thread, NULL);
     serial_stop(&vm->serial);
+    virtio_bus_stop(&vm->virtio);
     pthread_mutex_lock(&vm->lock);
     vm->state = VM_SHUTDOWN;
     pthread_mutex_unlock(&vm->lock);
@@ -354,6 +371,14 @@ void vm_destroy(struct vm *vm)
         if (vm->vcpus[i].vm)
             vcpu_destroy(&vm->vcpus[i]);
     debugcon_close(&vm->debugcon);
+    virtio_bus_stop(&vm->virtio);
+    for (unsigned i = 0; i < BLK_MAX_DISKS; i++)
+        if (vm->blk[i].chain)
+            virtio_blk_close(&vm->blk[i]);
+    free(vm->rng.chain);
+    for (unsigned i = 0; i < NET_MAX_DEVICES; i++)
+        if (vm->net[i].vdev.ops)
+            virtio_net_close(&vm->net[i]);
     mem_destroy(&vm->mem);
     if (vm->console_fd >= 0)
         close(vm->console_fd);
@@ -389,6 +414,10 @@ int vm_pause(struct vm *vm)
     if (!vm->stop_req)
         vm_clock_freeze(vm);
     pthread_mutex_unlock(&vm->lock);
+    if (!vm->stop_req) {
+        virtio_bus_pause(&vm->virtio);   /* in-flight device requests finish first */
+        vm_net_run(vm, false);
+    }
     return vm->stop_req ? -ESHUTDOWN : 0;
 }
 
@@ -400,6 +429,8 @@ int vm_resume(struct vm *vm)
         return -EBUSY;
     }
     vm_clock_thaw(vm);
+    vm_net_run(vm, true);
+    virtio_bus_resume(&vm->virtio);
     __atomic_store_n(&vm->pause_req, false, __ATOMIC_RELEASE);
     vm->state = VM_RUNNING;
     vm->paused_total_ns += time_now_ns() - vm->paused_since_ns;

@@ -16,8 +16,13 @@
 #include "devices/pio.h"
 #include "devices/rtc.h"
 #include "devices/serial.h"
+#include "net/tap.h"
 #include "state/state.h"
 #include "vm/memory.h"
+#include "virtio/virtio.h"
+#include "virtio/virtio_blk.h"
+#include "virtio/virtio_net.h"
+#include "virtio/virtio_rng.h"
 #include "vm/vcpu_state.h"
 
 #define VM_MAX_VCPUS 64
@@ -35,6 +40,12 @@ struct vm_config {
     const char *debugcon;     /* path or NULL */
     bool restore;             /* state comes from a stream: no kernel is loaded */
     unsigned dirty_ring;      /* entries per vCPU of KVM's dirty ring; 0: bitmap log */
+    unsigned ndisks;          /* --disk, in PCI order */
+    struct disk_config disks[BLK_MAX_DISKS];
+    bool no_rng;              /* --no-rng */
+    /* --net: virtio-net devices with a tap backend, in command-line order */
+    struct net_config nets[NET_MAX_DEVICES];
+    unsigned nnets;
 };
 
 #define DIRTY_RING_ENTRIES 16384
@@ -82,6 +93,10 @@ struct vm {
     struct pci_bus pci;
     struct acpi_pm pm;
     struct debugcon debugcon;
+    struct virtio_bus virtio;
+    struct virtio_blk blk[BLK_MAX_DISKS];
+    struct virtio_rng rng;
+    struct virtio_net net[NET_MAX_DEVICES];
     int console_fd;           /* owned output fd, -1 for stdout or none */
 
     pthread_mutex_t lock;

@@ -185,6 +185,8 @@ int vm_state_register(struct vm *vm)
     for (unsigned s = 0; s < PCI_SLOTS && !ret; s++)
         if (vm->pci.slots[s])
             ret = state_register(r, &pci_state_ops, s, vm->pci.slots[s]);
+    for (unsigned i = 0; i < vm->virtio.n && !ret; i++)
+        ret = state_register(r, &virtio_state_ops, vm->virtio.dev[i]->slot, vm->virtio.dev[i]);
     if (!ret) ret = state_register(r, &clock_state_ops, 0, vm);
     return ret;
 }

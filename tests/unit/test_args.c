@@ -92,6 +92,69 @@ static void test_help_and_reparse(void **state)
     assert_int_equal(parse(5, ARGV("--kernel", "x", "--cpus", "2"), &a, err), 0);
     assert_int_equal(a.vm.ncpus, 2);
 }
+static void test_disks(void **state)
+{
+    struct run_args a;
+    char err[256] = "";
+    char **v = ARGV("--kernel", "k", "--disk", "path=/a.img", "--disk",
+                    "path=/b.img,readonly=on,serial=S-1", "--no-rng");
+    const char *bad[] = { "readonly=on", "path=/x,readonly=yes", "path=/x,serial=123456789012345678901",
+                          "path=/x,bogus=1", "path=/x,noequals", "path=" };
+
+    (void)state;
+    assert_int_equal(parse(8, v, &a, err), 0);
+    assert_int_equal(a.vm.ndisks, 2);
+    assert_string_equal(a.vm.disks[0].path, "/a.img");
+    assert_false(a.vm.disks[0].readonly);
+    assert_string_equal(a.vm.disks[0].serial, "");
+    assert_string_equal(a.vm.disks[1].path, "/b.img");
+    assert_true(a.vm.disks[1].readonly);
+    assert_string_equal(a.vm.disks[1].serial, "S-1");
+    assert_true(a.vm.no_rng);
+    for (unsigned i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err[0] = 0;
+        assert_int_equal(parse(5, ARGV("--kernel", "k", "--disk", (char *)bad[i]), &a, err),
+                         -EINVAL);
+        assert_non_null(strstr(err, "--disk"));
+    }
+    /* at most BLK_MAX_DISKS */
+    {
+        char *many[3 + 2 * (BLK_MAX_DISKS + 1)] = { "run", "--kernel", "k" };
+        for (int i = 0; i <= BLK_MAX_DISKS; i++) {
+            many[3 + 2 * i] = "--disk";
+            many[4 + 2 * i] = "path=/d";
+        }
+        assert_int_equal(parse(3 + 2 * (BLK_MAX_DISKS + 1), many, &a, err), -EINVAL);
+    }
+}
+
+/* --net: tap name, optional MAC, stable default MAC, limits and bad input. */
+static void test_net_option(void **state)
+{
+    struct run_args a;
+    char err[256] = "";
+    char mac[18];
+
+    (void)state;
+    assert_int_equal(parse(7, ARGV("--kernel", "k", "--net", "tap=ftap0,mac=02:11:22:33:44:5A",
+                                   "--net", "tap=t1"), &a, err), 0);
+    assert_int_equal(a.vm.nnets, 2);
+    assert_string_equal(a.vm.nets[0].tap, "ftap0");
+    net_mac_format(a.vm.nets[0].mac, mac);
+    assert_string_equal(mac, "02:11:22:33:44:5a");
+    assert_true(a.vm.nets[0].mac_given);
+    assert_false(a.vm.nets[1].mac_given);
+    net_mac_format(a.vm.nets[1].mac, mac);
+    assert_memory_equal(mac, "52:54:00:", 9);
+    expect_error(ARGV("--kernel", "k", "--net", "mac=02:00:00:00:00:01"), 5, "tap=NAME");
+    expect_error(ARGV("--kernel", "k", "--net", "tap=a,mac=01:00:00:00:00:01"), 5, "unicast");
+    expect_error(ARGV("--kernel", "k", "--net", "tap=a,mac=02:00:00:00:00"), 5, "unicast");
+    expect_error(ARGV("--kernel", "k", "--net", "tap=a,speed=1"), 5, "unknown");
+    expect_error(ARGV("--kernel", "k", "--net", "tap=abcdefghijklmnopq"), 5, "longer");
+    expect_error(ARGV("--kernel", "k", "--net", "tap="), 5, "unknown or empty");
+    expect_error(ARGV("--kernel", "k", "--net", "tap=a", "--net", "tap=b", "--net", "tap=c",
+                      "--net", "tap=d", "--net", "tap=e"), 13, "at most");
+}
 
 int main(void)
 {
@@ -100,6 +163,8 @@ int main(void)
         cmocka_unit_test(test_all_options),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_help_and_reparse),
+        cmocka_unit_test(test_disks),
+        cmocka_unit_test(test_net_option),
     };
     return cmocka_run_group_tests_name("args", tests, NULL, NULL);
 }
