@@ -21,6 +21,23 @@ static inline uint64_t delta_word(const uint8_t *old, const uint8_t *new_page, s
     return a ^ b;
 }
 
+/* dst = a ^ b, 8 bytes at a time; dst may be a. */
+static inline void xor_bytes(uint8_t *dst, const uint8_t *a, const uint8_t *b, size_t n)
+{
+    size_t k = 0;
+
+    for (; k + 8 <= n; k += 8) {
+        uint64_t x, y;
+
+        memcpy(&x, a + k, 8);
+        memcpy(&y, b + k, 8);
+        x ^= y;
+        memcpy(dst + k, &x, 8);
+    }
+    for (; k < n; k++)
+        dst[k] = a[k] ^ b[k];
+}
+
 static inline size_t varint_len(size_t v)
 {
     return v < 128 ? 1 : 2;
@@ -63,8 +80,8 @@ ssize_t delta_encode(const uint8_t *old, const uint8_t *new_page, uint8_t *out, 
             return -ENOSPC;
         o += varint_put(out + o, start - prev_end);
         o += varint_put(out + o, n);
-        for (size_t i = start; i < end; i++)
-            out[o++] = old[i] ^ new_page[i];
+        xor_bytes(out + o, old + start, new_page + start, n);
+        o += n;
         prev_end = end;
         w++;
     }
@@ -103,8 +120,7 @@ int delta_decode(const uint8_t *in, size_t len, uint8_t *page)
         pos += skip;
         if (n > CODEC_PAGE_SIZE - pos || n > len - i)
             return -EINVAL;
-        for (size_t k = 0; k < n; k++)
-            page[pos + k] ^= in[i + k];
+        xor_bytes(page + pos, page + pos, in + i, n);
         pos += n;
         i += n;
     }
