@@ -316,5 +316,8 @@ int main(void)
         bench_compress(algos[k], levels[k], "text", text, corp, PG);
         bench_compress(algos[k], levels[k], "text", text, corp, 64 * 1024);
     }
+    free(zeros);
+    free(guest);
+    free(text);
     return 0;
 }
