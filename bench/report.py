@@ -15,7 +15,8 @@ section is, in this order of preference: rendered from the migration result (by
 module exists, else by the result's own "report_markdown" string, else generically from
 its "summary"); otherwise kept as it is in the current BENCHMARKS.md between the
 `<!-- BEGIN live-migration -->` and `<!-- END live-migration -->` markers; otherwise a
-placeholder.
+placeholder. The "Codec throughput" section between `<!-- BEGIN codec -->` and
+`<!-- END codec -->` (numbers from build/codec_bench) is kept as it is.
 """
 import argparse
 import glob
@@ -32,6 +33,9 @@ RESULTS = os.path.join(BENCH, "results")
 DOC = os.path.join(ROOT, "docs", "BENCHMARKS.md")
 MIG_BEGIN = "<!-- BEGIN live-migration -->"
 MIG_END = "<!-- END live-migration -->"
+# Written by hand from build/codec_bench (not a make bench part); kept as it is.
+CODEC_BEGIN = "<!-- BEGIN codec -->"
+CODEC_END = "<!-- END codec -->"
 
 NAMES = {"ferry": "ferry", "qemu": "QEMU", "qemu-microvm": "QEMU microvm",
          "qemu-microvm-memfd": "QEMU microvm + memfd RAM", "qemu-4k": "QEMU, 4 KiB pages",
@@ -540,14 +544,14 @@ def migration_section(path, res, suite=None):
     return "\n".join(out)
 
 
-def existing_migration_text():
+def existing_migration_text(begin=MIG_BEGIN, end=MIG_END):
     try:
         with open(DOC) as f:
             text = f.read()
     except FileNotFoundError:
         return None
-    if MIG_BEGIN in text and MIG_END in text:
-        return text.split(MIG_BEGIN, 1)[1].split(MIG_END, 1)[0].strip("\n")
+    if begin in text and end in text:
+        return text.split(begin, 1)[1].split(end, 1)[0].strip("\n")
     return None
 
 
@@ -674,6 +678,9 @@ def main():
     mig_text = migration_section(mig, mig_res, suite=from_suite) if mig else \
         existing_migration_text()
     doc += ["## Live migration", "", MIG_BEGIN, mig_text or MIG_PLACEHOLDER, MIG_END, ""]
+    codec_text = existing_migration_text(CODEC_BEGIN, CODEC_END)
+    if codec_text:
+        doc += ["## Codec throughput", "", CODEC_BEGIN, codec_text, CODEC_END, ""]
     text = "\n".join(doc)
     with open(args.out, "w") as f:
         f.write(text)

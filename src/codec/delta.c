@@ -71,8 +71,13 @@ ssize_t delta_encode(const uint8_t *old, const uint8_t *new_page, uint8_t *out, 
         if (w == PAGE_WORDS)
             break;
         start = 8 * w + (size_t)__builtin_ctzll(x) / 8;
-        while (w + 1 < PAGE_WORDS && (x = delta_word(old, new_page, w + 1)))
+        while (w + 1 < PAGE_WORDS && (x = delta_word(old, new_page, w + 1))) {
             w++;
+            /* Two varint bytes and at least the bytes up to word w: give up
+             * early on a dense page rather than scanning it to the end. */
+            if (o + 2 + 8 * w + 1 - start > max)
+                return -ENOSPC;
+        }
         x = delta_word(old, new_page, w);
         end = 8 * w + 8 - (size_t)__builtin_clzll(x) / 8;
         n = end - start;
