@@ -12,6 +12,11 @@
 
 #define PAGE_WORDS (CODEC_PAGE_SIZE / 8)
 
+/* Byte positions come from ctz/clz of little-endian words. */
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "delta.c assumes a little-endian host"
+#endif
+
 static inline uint64_t delta_word(const uint8_t *old, const uint8_t *new_page, size_t w)
 {
     uint64_t a, b;
