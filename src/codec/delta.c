@@ -12,6 +12,11 @@
 
 #define PAGE_WORDS (CODEC_PAGE_SIZE / 8)
 
+/* Byte positions come from ctz/clz of little-endian words. */
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "delta.c assumes a little-endian host"
+#endif
+
 static inline uint64_t delta_word(const uint8_t *old, const uint8_t *new_page, size_t w)
 {
     uint64_t a, b;
@@ -19,6 +24,23 @@ static inline uint64_t delta_word(const uint8_t *old, const uint8_t *new_page, s
     memcpy(&a, old + 8 * w, 8);
     memcpy(&b, new_page + 8 * w, 8);
     return a ^ b;
+}
+
+/* dst = a ^ b, 8 bytes at a time; dst may be a. */
+static inline void xor_bytes(uint8_t *dst, const uint8_t *a, const uint8_t *b, size_t n)
+{
+    size_t k = 0;
+
+    for (; k + 8 <= n; k += 8) {
+        uint64_t x, y;
+
+        memcpy(&x, a + k, 8);
+        memcpy(&y, b + k, 8);
+        x ^= y;
+        memcpy(dst + k, &x, 8);
+    }
+    for (; k < n; k++)
+        dst[k] = a[k] ^ b[k];
 }
 
 static inline size_t varint_len(size_t v)
@@ -54,8 +76,13 @@ ssize_t delta_encode(const uint8_t *old, const uint8_t *new_page, uint8_t *out, 
         if (w == PAGE_WORDS)
             break;
         start = 8 * w + (size_t)__builtin_ctzll(x) / 8;
-        while (w + 1 < PAGE_WORDS && (x = delta_word(old, new_page, w + 1)))
+        while (w + 1 < PAGE_WORDS && (x = delta_word(old, new_page, w + 1))) {
             w++;
+            /* Two varint bytes and at least the bytes up to word w: give up
+             * early on a dense page rather than scanning it to the end. */
+            if (o + 2 + 8 * w + 1 - start > max)
+                return -ENOSPC;
+        }
         x = delta_word(old, new_page, w);
         end = 8 * w + 8 - (size_t)__builtin_clzll(x) / 8;
         n = end - start;
@@ -63,8 +90,8 @@ ssize_t delta_encode(const uint8_t *old, const uint8_t *new_page, uint8_t *out, 
             return -ENOSPC;
         o += varint_put(out + o, start - prev_end);
         o += varint_put(out + o, n);
-        for (size_t i = start; i < end; i++)
-            out[o++] = old[i] ^ new_page[i];
+        xor_bytes(out + o, old + start, new_page + start, n);
+        o += n;
         prev_end = end;
         w++;
     }
@@ -103,8 +130,7 @@ int delta_decode(const uint8_t *in, size_t len, uint8_t *page)
         pos += skip;
         if (n > CODEC_PAGE_SIZE - pos || n > len - i)
             return -EINVAL;
-        for (size_t k = 0; k < n; k++)
-            page[pos + k] ^= in[i + k];
+        xor_bytes(page + pos, page + pos, in + i, n);
         pos += n;
         i += n;
     }

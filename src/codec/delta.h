@@ -23,7 +23,13 @@ ssize_t delta_encode(const uint8_t *old, const uint8_t *new_page, uint8_t *out, 
 int delta_decode(const uint8_t *in, size_t len, uint8_t *page);
 
 /* Copies of the pages last sent, by guest frame number. NOT thread-safe: one
- * per sender worker. */
+ * per sender worker.
+ * Sender use: zero page -> marker (and forget); else if get() has a copy and
+ * delta_encode(copy, page, out, limit) > 0 -> send the delta; else the full
+ * page. Then put() the exact bytes sent (the batch's copy, not guest RAM that
+ * may have changed since), so the cache always equals the destination's page.
+ * A limit well under 4096 (e.g. 2048) skips deltas that barely save bytes;
+ * dense changes give up early. Forget pages whose send failed. */
 struct delta_cache;
 /* Holds about `bytes` of page copies (+ a small index); NULL on ENOMEM, or
  * with errno EINVAL if bytes is less than one page. */
