@@ -58,6 +58,7 @@ static int vq_teardown(void **state)
 {
     (void)state;
     mem_track_writes(&mem, false);
+    mem_track_writes(&mem, false);   /* and the retired bitmaps */
     free(mem.hva);
     mem.hva = NULL;
     return 0;
