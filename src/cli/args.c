@@ -26,7 +26,10 @@ static const struct option run_options[] = {
     { "snapshot", required_argument, NULL, OPT_SNAPSHOT },
     { "paused", no_argument, NULL, OPT_PAUSED },
     { "incoming", required_argument, NULL, OPT_INCOMING },
-       OPT_DIRTY_RING, OPT_DISK, OPT_NO_RNG, OPT_NET };
+    { "dirty-ring", no_argument, NULL, OPT_DIRTY_RING },
+    { "disk", required_argument, NULL, OPT_DISK },
+    { "no-rng", no_argument, NULL, OPT_NO_RNG },
+    { "net", required_argument, NULL, OPT_NET },
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
