@@ -347,6 +347,37 @@ static void test_pause_quiesce(void **state)
     free(rng.chain);
 }
 
+/* BAR sizing (all ones, read back, restore) and moving BAR0: the registers
+ * follow the BAR; while it reads all ones nothing decodes. */
+static void test_bar_sizing(void **state)
+{
+    static struct virtio_rng rng;
+    uint32_t cfg_addr;
+
+    (void)state;
+    assert_int_equal(virtio_rng_add(&vbus, &rng), 0);
+    cfg_addr = 0x80000000U | (rng.vdev.slot << 11);
+    bar = rng.vdev.bar_addr;
+    assert_int_equal(bar, VIRTIO_BAR_BASE);
+    assert_int_equal(pci_cfg_read(&pci, cfg_addr | 0x10, 0, 4), (uint32_t)bar | 4);
+    assert_int_equal(pci_cfg_read(&pci, cfg_addr | 0x34, 0, 1), 0x40);   /* caps */
+    assert_int_equal(pci_cfg_read(&pci, cfg_addr | 0x04, 2, 2) & 0x10, 0x10);
+    pci_cfg_write(&pci, cfg_addr | 0x10, 0, 4, 0xffffffffU);
+    pci_cfg_write(&pci, cfg_addr | 0x14, 0, 4, 0xffffffffU);
+    assert_int_equal(pci_cfg_read(&pci, cfg_addr | 0x10, 0, 4), 0xffffc004U);
+    assert_int_equal(pci_cfg_read(&pci, cfg_addr | 0x14, 0, 4), 0xffffffffU);
+    assert_int_equal(rng.vdev.bar_addr, 0);
+    assert_false(virtio_mmio(&vbus, VIRTIO_BAR_BASE, (uint8_t[8]){ 0 }, 4, false));
+    pci_cfg_write(&pci, cfg_addr | 0x10, 0, 4, 0xd0000000U);
+    pci_cfg_write(&pci, cfg_addr | 0x14, 0, 4, 0);
+    assert_int_equal(rng.vdev.bar_addr, 0xd0000000U);
+    bar = 0xd0000000U;
+    assert_int_equal(mmio_r(0x12, 2), 1);                 /* num_queues */
+    pci_cfg_write(&pci, cfg_addr | 0x04, 0, 2, 0);         /* memory decoding off */
+    assert_false(virtio_mmio(&vbus, bar + 0x12, (uint8_t[8]){ 0 }, 2, false));
+    free(rng.chain);
+}
+
 static char disk_path[64];
 
 static void blk_req(uint16_t head, uint32_t type, uint64_t sector, uint64_t data,
@@ -452,6 +483,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_vq_copy, vq_setup, vq_teardown),
         cmocka_unit_test_setup_teardown(test_rng, transport_setup, transport_teardown),
         cmocka_unit_test_setup_teardown(test_pause_quiesce, transport_setup, transport_teardown),
+        cmocka_unit_test_setup_teardown(test_bar_sizing, transport_setup, transport_teardown),
         cmocka_unit_test_setup_teardown(test_blk_rw, transport_setup, transport_teardown),
         cmocka_unit_test_setup_teardown(test_blk_readonly, transport_setup, transport_teardown),
     };
