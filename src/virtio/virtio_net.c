@@ -188,6 +188,7 @@ static int net_walk(struct state_walker *w, struct virtio_dev *vdev)
     walk_buf(w, mac, sizeof(mac), "net.mac");
     walk_bool(w, &n->drops_valid, "net.drops_valid");
     walk_u64(w, &n->drops_at_pause, "net.drops_at_pause");
+    walk_u64(w, &n->queued_at_pause, "net.queued_at_pause");
     if (w->err || !walk_loading(w))
         return w->err;
     if (mac[0] & 1)
@@ -281,10 +282,18 @@ int virtio_net_add(struct virtio_bus *bus, struct virtio_net *n, unsigned index,
 
 void virtio_net_pause(struct virtio_net *n)
 {
+    uint64_t left = 0;
+
     if (!n->tap.attached)
         return;
-    tap_attach(&n->tap, false);
+    /* The host's count is read first: every drop from the detach on counts.
+     * Packets still queued for this process die with it (or with the pause):
+     * counted too. The worker is parked: rxbuf is free. */
     n->drops_at_pause = tap_host_drops(&n->tap);
+    while (read(n->tap.fd, n->rxbuf, sizeof(n->rxbuf)) >= 0)
+        left++;
+    tap_attach(&n->tap, false);
+    n->queued_at_pause = left;
     n->drops_valid = true;
 }
 
@@ -313,10 +322,11 @@ void virtio_net_resume(struct virtio_net *n)
                     net_tap_offloads(&n->vdev) : 0);
     if (n->drops_valid) {
         drops = tap_host_drops(&n->tap);
-        if (drops > n->drops_at_pause) {
-            net_count(&n->st.switchover_dropped, drops - n->drops_at_pause);
-            log_info("%s: %llu packets dropped by the host while the VM was stopped",
-                     n->vdev.name, (unsigned long long)(drops - n->drops_at_pause));
+        drops = (drops > n->drops_at_pause ? drops - n->drops_at_pause : 0) + n->queued_at_pause;
+        if (drops) {
+            net_count(&n->st.switchover_dropped, drops);
+            log_info("%s: %llu packets dropped while the VM was stopped", n->vdev.name,
+                     (unsigned long long)drops);
         }
         n->drops_valid = false;
     }

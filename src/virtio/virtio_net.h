@@ -41,6 +41,7 @@ struct virtio_net {
     bool announce;                 /* restored from a stream: announce the MAC on start */
     bool drops_valid;              /* drops_at_pause was taken at the last pause */
     uint64_t drops_at_pause;       /* tap_host_drops() when the queue was detached */
+    uint64_t queued_at_pause;      /* packets left in our tap queue then (dropped) */
     struct virtio_net_stats st;
     struct vq_chain chain;         /* worker thread only */
     uint8_t rxbuf[VIRTIO_NET_RXBUF];

@@ -201,8 +201,13 @@ def test_migration_keeps_network(netns, vm_factory, mode):
           f" pings {len(st.pings_sent)} sent, {len(lost_pings)} lost;"
           f" host drops at switchover {sw}")
     assert after and len(answered_after) >= 0.95 * len(after), "destination does not answer"
-    assert len(lost) < 0.05 * len(st.sent)
-    assert len(lost_pings) <= max(2, 0.05 * len(st.pings_sent))
+    # Losses stay within the switchover: under 5 %, or what the downtime explains
+    # (a datagram every 2 ms, a ping every 20 ms) when a loaded host stretches it.
+    downtime = rep["downtime"]["total_ms"]
+    assert len(lost) <= max(0.05 * len(st.sent), downtime / 2 + 10)
+    assert len(lost_pings) <= max(2, 0.05 * len(st.pings_sent), downtime / 20 + 2)
+    # Every loss is a packet the host or the source dropped at the switchover, and counted.
+    assert len(lost) + len(lost_pings) <= sum(sw)
     devs = net_devices(dst)
     assert devs and devs[0]["mac"] == mac == MAC
     assert_answers("after migration", pings=5, datagrams=20)
