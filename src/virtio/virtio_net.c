@@ -251,17 +251,15 @@ static void net_watch_edge(struct virtio_net *n)
         log_warn("%s: tap watch stays level-triggered: %s", n->vdev.name, strerror(errno));
 }
 
-int virtio_net_add(struct virtio_bus *bus, struct virtio_net *n, unsigned index,
-                   const struct net_config *cfg)
+int virtio_net_register(struct virtio_bus *bus, struct virtio_net *n, unsigned index,
+                        const uint8_t mac[NET_MAC_LEN])
 {
     static const char *const names[NET_MAX_DEVICES] = { "net0", "net1", "net2", "net3" };
-    int ret = tap_open(&n->tap, cfg->tap, false);
+    int ret;
 
-    if (ret < 0)
-        return ret;
     n->index = index;
-    memcpy(n->mac, cfg->mac, NET_MAC_LEN);
-    memcpy(n->config, cfg->mac, NET_MAC_LEN);
+    memcpy(n->mac, mac, NET_MAC_LEN);
+    memcpy(n->config, mac, NET_MAC_LEN);
     n->config[6] = VIRTIO_NET_S_LINK_UP;
     n->config[8] = 1;                     /* max_virtqueue_pairs (no MQ feature) */
     n->vdev = (struct virtio_dev){
@@ -275,6 +273,16 @@ int virtio_net_add(struct virtio_bus *bus, struct virtio_net *n, unsigned index,
         ret = virtio_dev_watch_fd(&n->vdev, n->tap.fd, net_tap_readable, n);
     if (ret == 0)
         net_watch_edge(n);
+    return ret;
+}
+
+int virtio_net_add(struct virtio_bus *bus, struct virtio_net *n, unsigned index,
+                   const struct net_config *cfg)
+{
+    int ret = tap_open(&n->tap, cfg->tap, false);
+
+    if (ret == 0)
+        ret = virtio_net_register(bus, n, index, cfg->mac);
     if (ret < 0)
         tap_close(&n->tap);
     return ret;

@@ -50,6 +50,10 @@ struct virtio_net {
 /* Opens the tap (detached until the VM runs) and registers the device. */
 int virtio_net_add(struct virtio_bus *bus, struct virtio_net *net, unsigned index,
                    const struct net_config *cfg);
+/* The device part alone, on an already open backend in net->tap (unit tests
+ * use a SOCK_SEQPACKET socket: one datagram per frame, vnet header first). */
+int virtio_net_register(struct virtio_bus *bus, struct virtio_net *net, unsigned index,
+                        const uint8_t mac[NET_MAC_LEN]);
 /* The VM stops/starts running: leave/join the tap's traffic, so a second ferry on this
  * host (a migration destination) can take it over. */
 void virtio_net_pause(struct virtio_net *net);
