@@ -220,6 +220,24 @@ def test_migration_keeps_network(netns, vm_factory, mode):
     assert_answers("after migration", pings=5, datagrams=20)
 
 
+def test_failed_migration_keeps_network_on_source(netns, vm_factory):
+    """The destination has no net device: it refuses the state after the
+    source paused (and left the tap); the source resumes, joins the tap again
+    and answers."""
+    src, mac = net_vm(vm_factory)
+    port = free_port()
+    uri = f"tcp:127.0.0.1:{port}"
+    dst = vm_factory(incoming=uri)
+    wait_listening(port)
+    rc, rep, err = migrate(src, uri)
+    assert rc != 0
+    dst.wait_exit(10)
+    assert "section pci/1" in dst.stderr_text()
+    assert rep["downtime"]["pause_ms"] > 0      # the source did stop and leave the tap
+    assert src.api("GET", "/v1/vm")[1]["state"] == "running"
+    assert_answers("source after a failed migration", pings=5, datagrams=20)
+
+
 def test_snapshot_restore_keeps_network_and_disk(netns, vm_factory, tmp_path):
     """Both devices: the net responder answers and the disk loop goes on."""
     disk = tmp_path / "disk.img"
