@@ -20,6 +20,7 @@
 #define VIRTIO_NET_F_HOST_TSO4  11
 #define VIRTIO_NET_F_HOST_TSO6  12
 #define VIRTIO_NET_F_HOST_ECN   13
+#define VIRTIO_NET_F_MRG_RXBUF  15
 #define VIRTIO_NET_F_STATUS     16
 
 #define VIRTIO_NET_HDR_LEN  12      /* struct virtio_net_hdr_v1 */
@@ -30,6 +31,10 @@ struct virtio_net_stats {
     uint64_t rx_packets, rx_bytes, rx_dropped;
     uint64_t tx_packets, tx_bytes, tx_dropped;
     uint64_t switchover_dropped;   /* host drops while no ferry held the tap (migration) */
+};
+
+struct net_used {
+    uint32_t head, len;
 };
 
 struct virtio_net {
@@ -43,7 +48,11 @@ struct virtio_net {
     uint64_t drops_at_pause;       /* tap_host_drops() when the queue was detached */
     uint64_t queued_at_pause;      /* packets left in our tap queue then (dropped) */
     struct virtio_net_stats st;
-    struct vq_chain chain;         /* worker thread only */
+    /* Worker thread only. */
+    struct vq_chain chain;
+    struct vq_chain chain0;        /* mergeable rx: the frame's first chain (header) */
+    struct net_used used[VQ_MAX_SIZE];
+    uint32_t pending_len;          /* a frame read from the tap, waiting for buffers */
     uint8_t rxbuf[VIRTIO_NET_RXBUF];
 };
 
