@@ -1,8 +1,11 @@
 #!/usr/bin/python3
 """virtio devices: disk and network performance of ferry vs QEMU, same test guest.
 
-    python3 bench/bench_virtio.py [--out bench/results/virtio-<timestamp>.json]
+    python3 bench/bench_virtio.py [--out bench/results/virtio-<timestamp>.json] [--repeat N]
                                   [--only blk|net] [--systems ferry,qemu,qemu-direct]
+
+Each measurement is taken N times (default 3; systems interleaved, one VM at a time,
+after waiting for a quiet host) and the median of each figure is reported.
 
 Disk: the test guest with `blkbench=1` (guest/README.md) on a fresh 256 MiB raw file:
 its polled virtio-blk driver (CPL3, on the last of 2 vCPUs) runs, for ~2 s of guest time
@@ -18,11 +21,13 @@ on the host side, guest 10.99.0.2, `net=1`); from the namespace, guest/netprobe.
 200 pings (raw ICMP, 10 ms apart: RTT p50/p99) and streams UDP datagrams to the guest's
 echo port with 32 outstanding, 3 s each for 64- and 1400-byte payloads (echoed
 datagrams/s and payload MB/s). QEMU: virtio-net-pci on a tap (no vhost, like ferry).
-Systems without --disk/--net (an older ferry) are skipped with a message.
+Systems without --disk/--net (an older ferry) are skipped with a message. The disk
+file is in $TMPDIR (here /tmp is on the root ext4/virtio disk, not tmpfs).
 """
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -75,7 +80,7 @@ def bench_blk(system, tmp):
         os.unlink(disk)
     with open(disk, "wb") as f:
         f.truncate(DISK_MIB << 20)
-    console = os.path.join(tmp, f"blk-{system}.log")
+    console = os.path.join(tmp, f"blk-{system}-{time.monotonic_ns()}.log")
     proc = B.Proc(vmm_cmd(system, BLK_CMDLINE, console, tmp, disk=disk), console + ".vmm")
     try:
         con = B.Console(console, interval=0.05)
@@ -113,7 +118,7 @@ def pct(values, p):
 
 def bench_net(system, tmp):
     ns = f"fbench{os.getpid()}"
-    console = os.path.join(tmp, f"net-{system}.log")
+    console = os.path.join(tmp, f"net-{system}-{time.monotonic_ns()}.log")
     netns_up(ns)
     proc = None
     try:
@@ -155,39 +160,56 @@ def table(results):
     return "\n".join(lines)
 
 
+def median_of(runs):
+    """Per numeric key, the median over runs; the runs themselves are kept too."""
+    out = {}
+    for k, v in runs[0].items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = statistics.median(r[k] for r in runs)
+    out["blktest_ok"] = all(r.get("blktest_ok", True) for r in runs)
+    out["problems"] = [p for r in runs for p in r.get("problems", [])]
+    out["runs"] = runs
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=B.default_out("virtio"))
     ap.add_argument("--only", choices=["blk", "net"])
     ap.add_argument("--systems", default="ferry,qemu,qemu-direct")
+    ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     B.check_tools()
     if os.geteuid() != 0 and args.only != "blk":
         sys.exit("the network test needs root (network namespace, tap, raw ICMP)")
     systems = args.systems.split(",")
-    results, skipped = {}, {}
+    runs, skipped = {s: {} for s in systems}, {}
     with tempfile.TemporaryDirectory(prefix="bench-virtio-") as tmp:
-        for s in systems:
-            results[s] = {}
-            for kind, fn, opt in (("blk", bench_blk, "--disk"), ("net", bench_net, "--net")):
-                if args.only and args.only != kind:
-                    continue
-                if s == "qemu-direct" and kind == "net":
-                    continue                    # same network path as "qemu"
-                if s == "ferry" and not ferry_supports(opt):
-                    skipped[f"{s}-{kind}"] = f"ferry has no {opt} yet"
-                    B.log(f"SKIP ferry {kind}: {B.FERRY} run has no {opt} option yet")
-                    continue
-                busy, _ = B.wait_quiet(0.8, 20)
-                B.log(f"{s} {kind} (host busy {busy:.2f} CPUs) ...")
-                t0 = time.monotonic()
-                results[s][kind] = fn(s, tmp)
-                results[s][kind]["host_busy_cpus"] = round(busy, 2)
-                results[s][kind]["wall_s"] = round(time.monotonic() - t0, 1)
-                B.log(f"  {json.dumps(results[s][kind])}")
+        for rep in range(args.repeat):
+            for s in systems:
+                for kind, fn, opt in (("blk", bench_blk, "--disk"), ("net", bench_net, "--net")):
+                    if args.only and args.only != kind:
+                        continue
+                    if s == "qemu-direct" and kind == "net":
+                        continue                    # same network path as "qemu"
+                    if s == "ferry" and not ferry_supports(opt):
+                        if rep == 0:
+                            skipped[f"{s}-{kind}"] = f"ferry has no {opt} yet"
+                            B.log(f"SKIP ferry {kind}: {B.FERRY} run has no {opt} option yet")
+                        continue
+                    busy, _ = B.wait_quiet(0.8, 20)
+                    B.log(f"[{rep + 1}/{args.repeat}] {s} {kind} (host busy {busy:.2f} CPUs) ...")
+                    t0 = time.monotonic()
+                    r = fn(s, tmp)
+                    r["host_busy_cpus"] = round(busy, 2)
+                    r["wall_s"] = round(time.monotonic() - t0, 1)
+                    B.log(f"  {json.dumps(r)}")
+                    runs[s].setdefault(kind, []).append(r)
+    results = {s: {k: median_of(v) for k, v in kinds.items()} for s, kinds in runs.items()}
     B.write_result(args.out, {"machine": B.machine_info(), "mem_mib": MEM_MIB, "cpus": CPUS,
                               "disk_mib": DISK_MIB, "blk_cmdline": BLK_CMDLINE,
-                              "net_cmdline": NET_CMDLINE, "skipped": skipped,
+                              "net_cmdline": NET_CMDLINE, "repeat": args.repeat,
+                              "skipped": skipped,
                               "results": results})
     print(table(results))
 

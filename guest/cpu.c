@@ -28,6 +28,7 @@ extern struct tss tss_area[MAX_CPUS];
 extern u8 io_bitmap[];
 extern void (*const trap_stub_table[32])(void);
 extern void irq_timer(void), irq_spurious(void), trap_serial(void), trap_syscall(void);
+extern void irq_virtio(void);
 
 u8 kstacks[MAX_CPUS][KSTACK_SIZE] __noinit __aligned(4096);
 static u8 ustacks[MAX_CPUS][USTACK_SIZE] __noinit __aligned(4096);
@@ -59,6 +60,7 @@ void idt_init(void)
         idt_set(v, trap_stub_table[v], 0);
     idt_set(VEC_TIMER, irq_timer, 0);
     idt_set(VEC_SERIAL, trap_serial, 0);
+    idt_set(VEC_VIRTIO, irq_virtio, 0);
     idt_set(VEC_SYSCALL, trap_syscall, 3);
     idt_set(VEC_SPURIOUS, irq_spurious, 0);
 }

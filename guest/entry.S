@@ -261,6 +261,12 @@ trap_common:
     add $16, %rsp
     iretq
 
+/* virtio MSI-X (blktest): count it, EOI. Only the virtio CPU takes it; CPL3 reads the count. */
+    .globl irq_virtio
+irq_virtio:
+    incq virtio_irqs
+    /* fall through */
+
 /* The timer only has to wake hlt: EOI and return, a dozen emulated instructions. */
     .globl irq_timer, irq_spurious
 irq_timer:
@@ -290,6 +296,9 @@ trap_stub_table:
     .balign 8
     .globl boot_tsc
 boot_tsc:
+    .quad 0
+    .globl virtio_irqs
+virtio_irqs:
     .quad 0
 
     .balign 16

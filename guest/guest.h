@@ -18,6 +18,7 @@
 
 #define VEC_TIMER       0x20
 #define VEC_SERIAL      0x24
+#define VEC_VIRTIO      0x30        /* MSI-X of the virtio-blk request queues (blktest) */
 #define VEC_SYSCALL     0x80
 #define VEC_SPURIOUS    0xff
 

@@ -31,6 +31,7 @@ extern struct boot_info boot;
 /* TSC stamps of boot phases, for the boot.trace option. */
 enum boot_mark { MARK_ENTRY, MARK_KERNEL, MARK_SMP, MARK_USER, MARK_READY, MARK_COUNT };
 extern u64 boot_tsc;            /* entry.S: TSC at the very first instruction */
+extern volatile u64 virtio_irqs;    /* entry.S: virtio MSI-X interrupts taken */
 extern u64 boot_marks[MARK_COUNT];
 
 u64 boot_mem_bytes(void);

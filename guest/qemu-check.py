@@ -293,7 +293,7 @@ def blk_lines(r, n, data, errs):
 
 def check_virtio_blk(guest):
     """Two disks (the second read-only) and rng: checksums, the pattern in the second MiB,
-    BLK ro, blk.loop passes whose pattern is in the file after poweroff; then blk.loop
+    BLK ro, MSI-X interrupts counted during blktest, blk.loop passes whose pattern is in the file after poweroff; then blk.loop
     on one vCPU, which must interleave with the heartbeats."""
     errs, info = [], {}
     with tempfile.TemporaryDirectory() as d:
@@ -311,7 +311,7 @@ def check_virtio_blk(guest):
                 inputs=[(4.0, b"poweroff\r")], qemu_args=dev)
         e, info = check_common(r, 2, 256, 64 * 256)
         errs += e
-        virtio = r.grep("VIRTIO ")
+        virtio = r.grep("VIRTIO 00:")
         if [v.split()[2] for v in virtio] != ["1042", "1044", "1042"]:
             errs.append(f"VIRTIO lines: {virtio}")
         blk_lines(r, 0, orig0, errs)
@@ -319,6 +319,10 @@ def check_virtio_blk(guest):
         for want in ("BLK ok 0", "BLK ro 1"):
             if want not in r.text():
                 errs.append(f"no {want!r}: {r.grep('BLK')}")
+        irqs = r.grep("VIRTIO irqs ")
+        if not irqs or int(irqs[0].split()[2]) < 2:     # MSI-X: at least one per disk
+            errs.append(f"MSI-X interrupts: {irqs}")
+        info["irqs"] = irqs[0].split()[2] if irqs else None
         if "POWEROFF" not in r.text() or not r.exited:
             errs.append("no poweroff")
         data0, data1 = open(d0, "rb").read(), open(d1, "rb").read()

@@ -24,6 +24,7 @@
 #define IO_TIMEOUT_NS       (10 * NS_PER_SEC)
 #define PATTERN_XOR         0x5a5a5a5a5a5a5a5aULL
 #define LOOP_CHUNK          (64 * 1024)
+#define LOOP_GAP_NS         (500 * NS_PER_US)   /* between chunks: the host has 2 cores */
 #define BENCH_NS            (2 * NS_PER_SEC)
 #define BENCH_SEQ_DEPTH     4
 
@@ -47,9 +48,11 @@ static struct vblk blks[BLK_MAX] __noinit;
 static u32 nblks;
 static u8 iobuf[4 * MIB] __noinit __aligned(4096);
 static u32 crc_table[256];
+static bool blk_msix;           /* some disk's request queue interrupts during blktest */
 
 static struct {
     u64 g, next_sector;         /* blk.loop: pass and position */
+    u64 next_ns;                /* next chunk not before */
     bool active;
 } lp;
 
@@ -212,6 +215,8 @@ void vblk_probe(const struct pci_dev *p)
     b->seg_bytes = size_max >= PAGE_SIZE ? (u32)(size_max & ~(PAGE_SIZE - 1)) : MIB;
     b->req_max = (u32)MIN((u64)MIB, (u64)b->seg_bytes *
                           MIN(seg_max, b->descs_per_slot - 2));
+    if (cfg.blktest || cfg.blkbench)
+        blk_msix |= virtio_msix_enable(&b->v, &b->q, VEC_VIRTIO, cpu_apic_id[virtio_cpu]);
     virtio_ready(&b->v);
     nblks++;
 }
@@ -376,6 +381,11 @@ void vblk_start(void)
     if (cfg.blktest || cfg.blkbench)
         for (u32 n = 0; n < nblks; n++)
             blktest_one(n);
+    if (blk_msix) {
+        con_printf("VIRTIO irqs %lu\n", virtio_irqs);
+        for (u32 n = 0; n < nblks; n++)
+            virtio_msix_mask(&blks[n].v, &blks[n].q);
+    }
     if (cfg.blkbench)
         blkbench();
     lp.active = cfg.blk_loop && nblks && blks[0].slots &&
@@ -394,8 +404,8 @@ static void loop_fill(u64 *w, u64 g, u64 s0, u64 sectors)
             w[s * (SECTOR / 8) + i] = (g << 48) | ((s0 + s) << 16) | i;
 }
 
-/* blk.loop: one chunk written and read back per call. */
-bool vblk_step(u64 now)
+/* blk.loop: one chunk written and read back per call, then a short rest. */
+bool vblk_step(u64 now, u64 *next)
 {
     struct vblk *b = &blks[0];
     u64 end = (2 + cfg.blk_mib) * SECTORS_PER_MIB, s0 = lp.next_sector;
@@ -403,9 +413,12 @@ bool vblk_step(u64 now)
     u8 *wbuf = iobuf, *rbuf = iobuf + MIB;
     int e;
 
-    (void)now;
     if (!lp.active)
         return false;
+    if (now < lp.next_ns) {
+        *next = MIN(*next, lp.next_ns);
+        return false;
+    }
     loop_fill((u64 *)wbuf, lp.g, s0, n);
     e = blk_io(b, T_OUT, s0, wbuf, n * SECTOR);
     if (!e)
@@ -421,11 +434,13 @@ bool vblk_step(u64 now)
         lp.next_sector = 2 * SECTORS_PER_MIB;
         return true;
     }
+    lp.next_ns = virtio_now() + LOOP_GAP_NS;
+    *next = MIN(*next, lp.next_ns);
     lp.next_sector += n;
     if (lp.next_sector >= end) {
         con_printf("BLKW %lu ok\n", lp.g);
         lp.g++;
         lp.next_sector = 2 * SECTORS_PER_MIB;
     }
-    return true;
+    return false;
 }

@@ -187,6 +187,44 @@ void virtio_ready(struct virtio_dev *v)
     w8(v->common, C_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
 }
 
+/*
+ * MSI-X table entry 0 -> `vector` on `apic`, used by queue q (before virtio_ready); the
+ * queue then asks for interrupts. False if the device has no MSI-X or refuses the vector.
+ */
+bool virtio_msix_enable(struct virtio_dev *v, struct vq *q, u8 vector, u32 apic)
+{
+    u8 cap = v->pci.msix_cap;
+    u32 table;
+    u64 bar;
+
+    if (!cap)
+        return false;
+    table = pci_read32(&v->pci, cap + 4);
+    bar = pci_bar(&v->pci, table & 7);
+    if (!bar || !mmio_map(bar + (table & ~7u), 16))
+        return false;
+    v->msix_table = (volatile u8 *)(bar + (table & ~7u));
+    w32(v->msix_table, 0, 0xfee00000u | (apic << 12));
+    w32(v->msix_table, 4, 0);
+    w32(v->msix_table, 8, vector);
+    w32(v->msix_table, 12, 0);                              /* unmasked */
+    pci_write16(&v->pci, cap + 2, (u16)((pci_read16(&v->pci, cap + 2) | 0x8000) & ~0x4000));
+    w16(v->common, C_QSELECT, q->index);
+    w16(v->common, C_QMSIX, 0);
+    if (r16(v->common, C_QMSIX) != 0)
+        return false;
+    q->avail[0] = 0;
+    return true;
+}
+
+/* Back to pure polling: no interrupts asked for, the vector masked. */
+void virtio_msix_mask(struct virtio_dev *v, struct vq *q)
+{
+    q->avail[0] = 1;
+    if (v->msix_table)
+        w32(v->msix_table, 12, 1);
+}
+
 /* Makes the chain at `head` available (published by vq_kick). */
 void vq_push(struct vq *q, u16 head)
 {
@@ -251,6 +289,6 @@ bool virtio_step(u64 now, u64 *next)
         return true;
     }
     busy |= vnet_step(now, next);
-    busy |= vblk_step(now);
+    busy |= vblk_step(now, next);
     return busy;
 }

@@ -54,11 +54,14 @@ struct virtio_dev {
     volatile u8 *notify_base;
     u32 notify_mul;
     u64 features;               /* negotiated */
+    volatile u8 *msix_table;    /* set by virtio_msix_enable() */
 };
 
 int virtio_open(struct virtio_dev *v, const struct pci_dev *p, u64 want, const char **why);
 int virtio_queue(struct virtio_dev *v, struct vq *q, u16 index, u16 max, const char **why);
 void virtio_ready(struct virtio_dev *v);
+bool virtio_msix_enable(struct virtio_dev *v, struct vq *q, u8 vector, u32 apic);
+void virtio_msix_mask(struct virtio_dev *v, struct vq *q);
 void vq_push(struct vq *q, u16 head);
 void vq_kick(struct vq *q);
 bool vq_pop(struct vq *q, u32 *id, u32 *len);
@@ -79,7 +82,7 @@ static inline u64 virtio_now(void)
 /* vblk.c */
 void vblk_probe(const struct pci_dev *p);
 void vblk_start(void);
-bool vblk_step(u64 now);
+bool vblk_step(u64 now, u64 *next);
 
 /* vnet.c */
 void vnet_probe(const struct pci_dev *p);

@@ -119,7 +119,7 @@ class Stream:
         self.udp = udp_socket()
         self.udp.settimeout(0.2)
         self.pinger = Pinger()
-        self.sent, self.echoed = {}, {}
+        self.sent, self.echoed, self.corrupt = {}, {}, 0
         self.pings_sent, self.pings_back = {}, {}
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=f, daemon=True)
@@ -145,7 +145,13 @@ class Stream:
                 if self.stop.is_set():
                     return
                 continue
-            self.echoed[int(data.split()[1])] = time.monotonic()
+            # A payload that comes back changed (a received page the migration
+            # missed, say) is corrupt, not merely late.
+            parts = data.split()
+            if len(parts) == 2 and parts[0] == b"stream" and data == b"stream %08d" % int(parts[1]):
+                self.echoed[int(parts[1])] = time.monotonic()
+            else:
+                self.corrupt += 1
 
     def _ping(self):
         while not self.stop.is_set():
@@ -200,12 +206,36 @@ def test_migration_keeps_network(netns, vm_factory, mode):
           f" ({100.0 * len(lost) / len(st.sent):.2f} %);"
           f" pings {len(st.pings_sent)} sent, {len(lost_pings)} lost;"
           f" host drops at switchover {sw}")
+    assert st.corrupt == 0
     assert after and len(answered_after) >= 0.95 * len(after), "destination does not answer"
-    assert len(lost) < 0.05 * len(st.sent)
-    assert len(lost_pings) <= max(2, 0.05 * len(st.pings_sent))
+    # Losses stay within the switchover: under 5 %, or what the downtime explains
+    # (a datagram every 2 ms, a ping every 20 ms) when a loaded host stretches it.
+    downtime = rep["downtime"]["total_ms"]
+    assert len(lost) <= max(0.05 * len(st.sent), downtime / 2 + 10)
+    assert len(lost_pings) <= max(2, 0.05 * len(st.pings_sent), downtime / 20 + 2)
+    # Every loss is a packet the host or the source dropped at the switchover, and counted.
+    assert len(lost) + len(lost_pings) <= sum(sw)
     devs = net_devices(dst)
     assert devs and devs[0]["mac"] == mac == MAC
     assert_answers("after migration", pings=5, datagrams=20)
+
+
+def test_failed_migration_keeps_network_on_source(netns, vm_factory):
+    """The destination has no net device: it refuses the state after the
+    source paused (and left the tap); the source resumes, joins the tap again
+    and answers."""
+    src, mac = net_vm(vm_factory)
+    port = free_port()
+    uri = f"tcp:127.0.0.1:{port}"
+    dst = vm_factory(incoming=uri)
+    wait_listening(port)
+    rc, rep, err = migrate(src, uri)
+    assert rc != 0
+    dst.wait_exit(10)
+    assert "section pci/1" in dst.stderr_text()
+    assert rep["downtime"]["pause_ms"] > 0      # the source did stop and leave the tap
+    assert src.api("GET", "/v1/vm")[1]["state"] == "running"
+    assert_answers("source after a failed migration", pings=5, datagrams=20)
 
 
 def test_snapshot_restore_keeps_network_and_disk(netns, vm_factory, tmp_path):
