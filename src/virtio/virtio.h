@@ -178,7 +178,10 @@ void virtio_dev_notify(struct virtio_dev *vdev, unsigned q);
 void virtio_dev_config_changed(struct virtio_dev *vdev);
 void virtio_dev_broken(struct virtio_dev *vdev, const char *why);
 bool virtio_dev_has_feature(const struct virtio_dev *vdev, unsigned bit);
-int virtio_dev_watch_fd(struct virtio_dev *vdev, int fd, virtio_watch_fn fn, void *arg);
+/* edge: fn runs once per new readiness (EPOLLET), for a device that stops
+ * reading while the guest has no buffers and resumes on a queue notify. */
+int virtio_dev_watch_fd(struct virtio_dev *vdev, int fd, bool edge, virtio_watch_fn fn,
+                        void *arg);
 /* True when the worker should stop taking requests (pause or broken):
  * device loops check it between requests so a pause never waits long. */
 bool virtio_dev_should_stop(struct virtio_dev *vdev);

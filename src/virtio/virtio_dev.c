@@ -28,6 +28,13 @@ void virtio_bus_init(struct virtio_bus *bus, int vm_fd, struct guest_mem *mem,
     pthread_mutex_init(&bus->route_lock, NULL);
 }
 
+static int epoll_add_events(int epfd, int fd, uint32_t tag, uint32_t events)
+{
+    struct epoll_event ev = { .events = events, .data.u32 = tag };
+
+    return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
+}
+
 static int epoll_add(int epfd, int fd, uint32_t tag)
 {
     struct epoll_event ev = { .events = EPOLLIN, .data.u32 = tag };
@@ -98,13 +105,15 @@ int virtio_dev_register(struct virtio_bus *bus, struct virtio_dev *v)
     return 0;
 }
 
-int virtio_dev_watch_fd(struct virtio_dev *v, int fd, virtio_watch_fn fn, void *arg)
+int virtio_dev_watch_fd(struct virtio_dev *v, int fd, bool edge, virtio_watch_fn fn,
+                        void *arg)
 {
     int ret;
 
     if (v->nwatch >= VIRTIO_MAX_WATCH)
         return -ENOSPC;
-    ret = epoll_add(v->epfd, fd, WATCH_BASE + v->nwatch);
+    ret = epoll_add_events(v->epfd, fd, WATCH_BASE + v->nwatch,
+                           EPOLLIN | (edge ? EPOLLET : 0));
     if (ret == 0) {
         v->watch[v->nwatch].fd = fd;
         v->watch[v->nwatch].fn = fn;

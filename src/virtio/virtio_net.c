@@ -5,7 +5,6 @@
 #include <linux/if_tun.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/epoll.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -336,19 +335,6 @@ static uint64_t net_features(const struct tap *t)
     return f;
 }
 
-/* The transport watches fds level-triggered; rx stops reading while the
- * guest has no buffers and resumes on the rx queue's notify, so the tap must
- * be edge-triggered or the worker would spin on a readable tap. The tag is
- * the transport's (WATCH_BASE + watch index). */
-static void net_watch_edge(struct virtio_net *n)
-{
-    struct epoll_event ev = { .events = EPOLLIN | EPOLLET,
-                              .data.u32 = 0x10000U + n->vdev.nwatch - 1 };
-
-    if (epoll_ctl(n->vdev.epfd, EPOLL_CTL_MOD, n->tap.fd, &ev) < 0)
-        log_warn("%s: tap watch stays level-triggered: %s", n->vdev.name, strerror(errno));
-}
-
 int virtio_net_register(struct virtio_bus *bus, struct virtio_net *n, unsigned index,
                         const uint8_t mac[NET_MAC_LEN])
 {
@@ -367,10 +353,10 @@ int virtio_net_register(struct virtio_bus *bus, struct virtio_net *n, unsigned i
         .name = names[index % NET_MAX_DEVICES], .priv = n,
     };
     ret = virtio_dev_register(bus, &n->vdev);
+    /* Edge-triggered: rx stops reading while the guest has no buffers and
+     * resumes on the rx queue's notify; a level watch would spin meanwhile. */
     if (ret == 0)
-        ret = virtio_dev_watch_fd(&n->vdev, n->tap.fd, net_tap_readable, n);
-    if (ret == 0)
-        net_watch_edge(n);
+        ret = virtio_dev_watch_fd(&n->vdev, n->tap.fd, true, net_tap_readable, n);
     return ret;
 }
 
