@@ -664,7 +664,8 @@ static void *src_thread(void *arg)
     if (ret == 0) {
         log_info("migration completed: downtime %llu ms, %llu rounds, %llu bytes",
                  (unsigned long long)(m->downtime.total_ns / 1000000), m->nrounds ? 
-                 (unsigned long long)m->nrounds : 0ULL, (unsigned long long)m->bytes);
+                 (unsigned long long)m->nrounds : 0ULL,
+                 (unsigned long long)(m->bytes + m->xs.bytes_wire));
         vm_request_stop(m->vm, 0, "migrated: the VM runs on the destination now");
     } else if (m->state == MIG_ABORTED) {
         log_err("%s", s->err);
