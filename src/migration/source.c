@@ -158,7 +158,9 @@ int src_open_channel(struct mig_src *s, uint32_t flags, int *sock, struct stream
     char why[256];
     uint32_t len;
     int32_t status;
-    int khz = ioctl(s->vm->vcpus[0].fd, KVM_GET_TSC_KHZ, 0);
+    /* The VM-wide value: a vCPU ioctl waits until a halted vCPU 0 leaves
+     * KVM_RUN (up to its next timer, ~100 ms here, per connection). */
+    int khz = ioctl(s->vm->vm_fd, KVM_GET_TSC_KHZ, 0);
     int ret;
 
     *sock = chan_connect(p->host, p->port, SRC_CONNECT_MS);
@@ -174,6 +176,8 @@ int src_open_channel(struct mig_src *s, uint32_t flags, int *sock, struct stream
     h.proto_flags = flags;
     if (flags == 0)
         src_hello_caps(s, &h);
+    if (khz <= 0)
+        h.tsc_khz = (uint64_t)MAX(ioctl(s->vm->vcpus[0].fd, KVM_GET_TSC_KHZ, 0), 0);
     h.checksum = stream_header_seal(&h);
     ret = stream_write(out, &h, sizeof(h));
     if (ret == 0)
