@@ -109,7 +109,7 @@ int chan_listen(const char *host, const char *port)
     fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, 0);
     if (fd >= 0) {
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 1) < 0) {
+        if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, MIG_MAX_CONNS + 2) < 0) {
             int err = -errno;
             close(fd);
             fd = err;

@@ -158,7 +158,9 @@ int src_open_channel(struct mig_src *s, uint32_t flags, int *sock, struct stream
     char why[256];
     uint32_t len;
     int32_t status;
-    int khz = ioctl(s->vm->vcpus[0].fd, KVM_GET_TSC_KHZ, 0);
+    /* The VM-wide value: a vCPU ioctl waits until a halted vCPU 0 leaves
+     * KVM_RUN (up to its next timer, ~100 ms here, per connection). */
+    int khz = ioctl(s->vm->vm_fd, KVM_GET_TSC_KHZ, 0);
     int ret;
 
     *sock = chan_connect(p->host, p->port, SRC_CONNECT_MS);
@@ -174,6 +176,8 @@ int src_open_channel(struct mig_src *s, uint32_t flags, int *sock, struct stream
     h.proto_flags = flags;
     if (flags == 0)
         src_hello_caps(s, &h);
+    if (khz <= 0)
+        h.tsc_khz = (uint64_t)MAX(ioctl(s->vm->vcpus[0].fd, KVM_GET_TSC_KHZ, 0), 0);
     h.checksum = stream_header_seal(&h);
     ret = stream_write(out, &h, sizeof(h));
     if (ret == 0)
@@ -276,17 +280,22 @@ static void src_record_round(struct mig_src *s, const struct mig_round *r)
 }
 
 /* The link estimate: the best rate a round of real size achieved, capped. */
-static void src_update_bandwidth(struct mig_src *s, uint64_t bytes, uint64_t ns, bool pages)
+static void src_update_bandwidth(struct mig_src *s, uint64_t bytes, uint64_t ns,
+                                 uint64_t wire)
 {
     uint64_t cap = s->m->params.bandwidth_bps, bw;
 
+    /* with compression or delta (bytes != wire) the cap holds for wire
+     * bytes: page bytes go faster by the round's saving */
+    if (cap && wire && bytes > wire)
+        cap = (uint64_t)((unsigned __int128)cap * bytes / wire);
     if (bytes >= (4u << 20) && ns) {
         bw = (uint64_t)((unsigned __int128)bytes * NS_PER_S / ns);
         s->bw_bps = MAX(s->bw_bps, bw);
     }
     if (!s->bw_bps)
         s->bw_bps = SRC_DEFAULT_BW;
-    if (cap && s->bw_bps > cap && !pages)
+    if (cap && s->bw_bps > cap)
         s->bw_bps = cap;
 }
 
@@ -341,7 +350,7 @@ static void src_totals(struct mig_src *s, uint64_t *normal, uint64_t *zero, uint
 
 /* Compression and delta make a round move more pages than its wire bytes
  * say: the policy needs pages per second, so the link is measured in page
- * bytes then (and is no longer bounded by the cap on wire bytes). */
+ * bytes then (and the cap on wire bytes scaled by the round's saving). */
 static uint64_t src_round_link_bytes(struct mig_src *s, uint64_t normal, uint64_t wire)
 {
     if (s->xon && (s->x.p.algo != XC_NONE || s->x.p.delta_bytes))
@@ -378,8 +387,7 @@ static int src_round(struct mig_src *s, unsigned round, struct policy_decision *
     r.dirty_rate_pps = r.duration_ns ? (uint64_t)dirty * NS_PER_S / r.duration_ns : 0;
     src_publish(s);
     src_vcpu_rates(s, &r);
-    src_update_bandwidth(s, src_round_link_bytes(s, r.pages, r.bytes), r.duration_ns,
-                         s->xon && src_round_link_bytes(s, 1, 0));
+    src_update_bandwidth(s, src_round_link_bytes(s, r.pages, r.bytes), r.duration_ns, r.bytes);
     in = (struct policy_input){
         .round = round, .elapsed_ns = time_now_ns() - s->m->start_ns,
         .dirty_pages = r.dirty_pages, .bandwidth_bps = s->bw_bps,
@@ -664,7 +672,8 @@ static void *src_thread(void *arg)
     if (ret == 0) {
         log_info("migration completed: downtime %llu ms, %llu rounds, %llu bytes",
                  (unsigned long long)(m->downtime.total_ns / 1000000), m->nrounds ? 
-                 (unsigned long long)m->nrounds : 0ULL, (unsigned long long)m->bytes);
+                 (unsigned long long)m->nrounds : 0ULL,
+                 (unsigned long long)(m->bytes + m->xs.bytes_wire));
         vm_request_stop(m->vm, 0, "migrated: the VM runs on the destination now");
     } else if (m->state == MIG_ABORTED) {
         log_err("%s", s->err);

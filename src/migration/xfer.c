@@ -316,12 +316,14 @@ static void *xfer_thread(void *arg)
     pthread_setname_np(pthread_self(), name);
     while (!end) {
         struct xfer_job *j;
+        bool stop;
         int ret;
         pthread_mutex_lock(&w->lock);
         while (w->head == w->tail && !w->stop)
             pthread_cond_wait(&w->cond, &w->lock);
+        stop = w->stop;
         pthread_mutex_unlock(&w->lock);
-        if (w->stop)
+        if (stop)
             break;
         j = &w->jobs[w->head % XFER_QDEPTH];
         end = j->kind == XJ_END;

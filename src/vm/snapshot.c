@@ -13,6 +13,7 @@
 
 #include "migration/migration.h"
 #include "state/pages.h"
+#include "state/xpages.h"
 #include "util/log.h"
 #include "util/util.h"
 #include "vm/vm.h"
@@ -179,6 +180,7 @@ static int vm_apply_xpages(struct vm *vm, const struct stream_record *r, const u
     const char *why = "";
     int ret = ctx.raw ? 0 : xpages_ctx_init(&ctx);
 
+    ctx.last_round = 0;   /* one ordered stream: rounds only matter per connection */
     if (ret == 0)
         ret = xpages_apply(&vm->mem, p, r->length, &ctx, &why);
     else

@@ -12,6 +12,7 @@
 
 #include "state/pages.h"
 #include "state/state.h"
+#include "state/xpages.h"
 #include "vm/vm.h"
 
 #define FUZZ_RAM (64 * 4096)
@@ -35,6 +36,20 @@ static void fuzz_vm_setup(void)
     state_register(&vm.sections, &pci_state_ops, 0, &vm.pci.host_bridge);
 }
 
+/* A parallel-engine batch too: a full page, a zero page, an empty delta. */
+static void fuzz_seed_xpages(struct stream_io *io)
+{
+    static uint8_t rec[XPAGES_HDR + 3 * 8 + STREAM_PAGE_SIZE + 4];
+    struct xpages_hdr h = { .count = 3, .round = 1, .body_len = STREAM_PAGE_SIZE + 4,
+                            .raw_len = STREAM_PAGE_SIZE + 4 };
+    uint64_t ent[3] = { 3 * 4096 | XPAGE_DATA, 4 * 4096 | XPAGE_ZERO, 5 * 4096 | XPAGE_DELTA };
+
+    memcpy(rec, &h, sizeof(h));
+    memcpy(rec + XPAGES_HDR, ent, sizeof(ent));
+    memset(rec + XPAGES_HDR + sizeof(ent), 0x5a, STREAM_PAGE_SIZE);
+    stream_put_record(io, REC_XPAGES, 0, 0, 1, REC_FLAG_MANDATORY, rec, sizeof(rec));
+}
+
 static void fuzz_write_seed(const char *path)
 {
     FILE *f = fopen(path, "wb");
@@ -53,6 +68,7 @@ static void fuzz_write_seed(const char *path)
     page_batch_add(&b, &io, 4096, ram + 4096, false, &ps);
     page_batch_add(&b, &io, 8192, ram + 8192, true, &ps);
     page_batch_flush(&b, &io, &ps);
+    fuzz_seed_xpages(&io);
     state_save_sections(&vm.sections, &io, err, sizeof(err));
     stream_put_record(&io, REC_END, 0, 0, 1, 0, NULL, 0);
     stream_flush(&io);

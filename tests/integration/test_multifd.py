@@ -100,7 +100,7 @@ def test_delta(vm_factory):
 
 def test_everything_combined(vm_factory):
     rep, drep = migrate_ok(vm_factory, "--connections", "3", "--compress", "zstd",
-                           "--delta-cache", "16", "--bandwidth", "200", "--auto-converge")
+                           "--delta-cache", "96", "--bandwidth", "200", "--auto-converge")
     check_counts(rep, drep, 3)
     t = rep["transfer"]
     assert t["delta_pages"] > 0 and t["compress_bytes_out"] < t["compress_bytes_in"]
