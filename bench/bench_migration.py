@@ -138,7 +138,7 @@ SCENARIOS = {
                             "connections": 2, "compress": "zstd"},
     "dirty-20k-cap100":   {"mib": 128, "rate": 20000, "downtime_ms": 300,
                            "bandwidth": 100, "connections": 2, "compress": "zstd",
-                           "ferry_compress": "auto"},
+                           "ferry_compress": "auto", "ferry_args": ["--delta-cache", "256"]},
     "dirty-20k-10ms":     {"mib": 128, "rate": 20000, "downtime_ms": 10},
 }
 SYSTEMS = ("ferry", "qemu")
@@ -195,7 +195,7 @@ def ferry_transfer_args(sc):
     comp = sc.get("ferry_compress") or sc.get("compress")
     if comp:
         out += ["--compress", comp]
-    return out
+    return out + list(sc.get("ferry_args") or [])
 
 
 def qemu_multifd(sc):
@@ -224,8 +224,9 @@ def describe(name, sc, args=None):
     if sc.get("connections"):
         extra.append(f"{sc['connections']} connections (QEMU multifd)")
     if sc.get("compress"):
-        extra.append(f"compression: ferry {sc.get('ferry_compress') or sc['compress']}, "
-                     f"QEMU multifd {sc['compress']}")
+        extra.append(f"compression: ferry {sc.get('ferry_compress') or sc['compress']}"
+                     + (" " + " ".join(sc["ferry_args"]) if sc.get("ferry_args") else "")
+                     + f", QEMU multifd {sc['compress']}")
     if sc.get("bandwidth"):
         extra.append(f"bandwidth cap {sc['bandwidth']} MiB/s")
     return (f"{name}: {mem_mib(sc)} MiB, {ncpus(sc)} vCPU{'s' if ncpus(sc) > 1 else ''}, "

@@ -160,7 +160,8 @@ static long xfer_delta(struct xfer_worker *w, uint64_t gfn, uint8_t *slot)
 
     if (old) {
         ADD(w->x->st.delta_hits, 1);
-        n = xc_delta_encode(old, slot, w->dtmp, XPAGES_MAX_DELTA);
+        n = xc_delta_encode(old, slot, w->dtmp, w->x->p.algo == XC_NONE ?
+                            XPAGES_MAX_DELTA : XPAGES_MAX_DELTA_COMPRESSED);
     } else {
         ADD(w->x->st.delta_misses, 1);
     }

@@ -71,7 +71,7 @@ static int xpages_check(struct guest_mem *mem, const uint8_t *p, const struct xp
             if (pos + 4 > h->raw_len)
                 return *why = "page batch body too short", -EBADMSG;
             memcpy(&n, body + pos, 4);
-            if (n > XPAGES_MAX_DELTA)
+            if (n > XPAGES_MAX_DELTA_COMPRESSED)
                 return *why = "page delta too long", -EBADMSG;
             pos += 4 + (uint64_t)n;
         }

@@ -20,6 +20,10 @@
 #define XPAGES_MAX_RAW  (STREAM_PAGES_PER_REC * (STREAM_PAGE_SIZE + 4))
 #define XPAGES_MAX_LEN  (XPAGES_HDR + 8 * STREAM_PAGES_PER_REC + XPAGES_MAX_RAW)
 #define XPAGES_MAX_DELTA (STREAM_PAGE_SIZE - 256)   /* bigger deltas go as full pages */
+/* With a compressed body a delta may be as long as the page itself: the XOR
+ * of a page whose every word changed the same way is not shorter, but it
+ * compresses where the page does not. The receiver accepts up to this. */
+#define XPAGES_MAX_DELTA_COMPRESSED (STREAM_PAGE_SIZE - 4)
 
 /* Wire layout, little-endian, 24 bytes; entries (u64 gpa | kind) and the
  * body follow. */
