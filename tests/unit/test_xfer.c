@@ -156,8 +156,9 @@ static void fill(uint8_t *ram, unsigned seed)
 }
 
 /* Round 2 rewrites whole pages the way the test guest's dirtier does: every
- * 64-bit word XORed with one value, so the page itself is no shorter but its
- * XOR against the old copy is one word repeated. */
+ * 64-bit word but the first (the page's own index there) XORed with one
+ * value, so the page itself is no shorter but its XOR against the old copy
+ * is one word repeated. */
 static bool round2_every_word;
 
 static void change_page(uint8_t *pg, unsigned idx)
@@ -168,7 +169,7 @@ static void change_page(uint8_t *pg, unsigned idx)
         pg[idx % PG] ^= 0xff;
         return;
     }
-    for (unsigned i = 0; i < PG; i += 8) {
+    for (unsigned i = 8; i < PG; i += 8) {
         memcpy(&w, pg + i, 8);
         w ^= k;
         memcpy(pg + i, &w, 8);
@@ -275,8 +276,8 @@ static void test_transfer_xor_compressed(void **state)
 
     (void)state;
     round2_every_word = true;
-    transfer(2, XC_NONE, 4u << 20, &plain);
-    transfer(2, XC_ZSTD, 4u << 20, &zd);
+    transfer(2, XC_NONE, 16u << 20, &plain);         /* the cache holds every page */
+    transfer(2, XC_ZSTD, 16u << 20, &zd);
     round2_every_word = false;
     /* round 2 (PAGES / 5 pages) goes as data without compression, as deltas with */
     assert_true(zd.pages_delta >= plain.pages_delta + PAGES / 10);
