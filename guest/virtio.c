@@ -84,8 +84,11 @@ static volatile u8 *virtio_cap_map(const struct pci_dev *p, u8 cap, u64 *bars)
 
     if (bar > 5)
         return NULL;
-    if (!bars[bar])
+    if (!bars[bar]) {
         bars[bar] = pci_bar(p, bar);
+        if (cfg.boot_trace)
+            con_printf("TRACE virtio 00:%02x.%x bar%u=0x%lx\n", p->slot, p->func, bar, bars[bar]);
+    }
     if (!bars[bar] || !mmio_map(bars[bar] + off, MAX(len, 1)))
         return NULL;
     return (volatile u8 *)(bars[bar] + off);
