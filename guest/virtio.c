@@ -129,8 +129,13 @@ int virtio_open(struct virtio_dev *v, const struct pci_dev *p, u64 want, const c
         return -1;
     }
     w8(v->common, C_STATUS, 0);
-    while (r8(v->common, C_STATUS))
+    for (u32 i = 0; r8(v->common, C_STATUS); i++) {
+        if (i == 1000) {
+            *why = "reset";
+            return -1;
+        }
         cpu_relax();
+    }
     w8(v->common, C_STATUS, S_ACK | S_DRIVER);
     w32(v->common, C_DFSELECT, 0);
     offered = r32(v->common, C_DF);
