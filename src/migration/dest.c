@@ -565,6 +565,7 @@ int mig_incoming(struct migration *m, struct vm *vm, struct run_args *a,
     int ret;
 
     *d = (struct mig_dst){ .m = m, .vm = vm, .a = a, .sock = -1, .usock = -1 };
+    m->vm = vm;   /* the report shows the devices' switchover counters */
     d->pc.uffd = -1;
     d->lfd = chan_listen(host, port);
     if (d->lfd < 0)

@@ -203,7 +203,7 @@ int tap_attach(struct tap *t, bool on)
 
 int tap_set_offload(struct tap *t, unsigned flags)
 {
-    if (!t->attached)
+    if (!t->attached || !t->offloads)
         return 0;
     return tap_ioctl(t, TUNSETOFFLOAD, (void *)(unsigned long)(flags & t->offloads),
                      "TUNSETOFFLOAD");

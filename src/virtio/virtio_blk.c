@@ -89,8 +89,7 @@ static int blk_io_segs(struct virtio_blk *blk, const struct vq_seg *seg, unsigne
     return 0;
 }
 
-static uint8_t blk_read(struct virtio_blk *blk, const struct vq_chain *c, uint64_t sector,
-                        uint32_t *written)
+static uint8_t blk_read(struct virtio_blk *blk, const struct vq_chain *c, uint64_t sector)
 {
     uint64_t len = c->in_len - 1;     /* the last writable byte is the status */
 
@@ -100,7 +99,6 @@ static uint8_t blk_read(struct virtio_blk *blk, const struct vq_chain *c, uint64
         return S_IOERR;
     blk->reads++;
     blk->bytes_read += len;
-    *written = (uint32_t)len;
     return S_OK;
 }
 
@@ -118,14 +116,14 @@ static uint8_t blk_write(struct virtio_blk *blk, const struct vq_chain *c, uint6
     return S_OK;
 }
 
-static uint8_t blk_get_id(struct virtio_blk *blk, const struct vq_chain *c, uint32_t *written)
+static uint8_t blk_get_id(struct virtio_blk *blk, const struct vq_chain *c)
 {
     char id[BLK_SERIAL_MAX];
     uint32_t n = c->in_len - 1 < BLK_SERIAL_MAX ? c->in_len - 1 : BLK_SERIAL_MAX;
 
     memset(id, 0, sizeof(id));
     memcpy(id, blk->serial, strnlen(blk->serial, BLK_SERIAL_MAX));
-    *written = vq_write(c, 0, id, n);
+    vq_write(c, 0, id, n);
     return S_OK;
 }
 
@@ -153,15 +151,15 @@ static uint8_t blk_ranges(struct virtio_blk *blk, const struct vq_chain *c, bool
 }
 
 static uint8_t blk_do(struct virtio_blk *blk, const struct vq_chain *c,
-                      const struct blk_req_hdr *h, uint32_t *written)
+                      const struct blk_req_hdr *h)
 {
     switch (h->type) {
-    case T_IN: return blk_read(blk, c, h->sector, written);
+    case T_IN: return blk_read(blk, c, h->sector);
     case T_OUT: return blk_write(blk, c, h->sector);
     case T_FLUSH:
         blk->flushes++;
         return fdatasync(blk->fd) < 0 ? S_IOERR : S_OK;
-    case T_GET_ID: return blk_get_id(blk, c, written);
+    case T_GET_ID: return blk_get_id(blk, c);
     case T_DISCARD: return blk_ranges(blk, c, false);
     case T_WRITE_ZEROES: return blk_ranges(blk, c, true);
     default: return S_UNSUPP;
@@ -172,17 +170,14 @@ static uint8_t blk_do(struct virtio_blk *blk, const struct vq_chain *c,
 static int blk_request(struct virtio_blk *blk, struct virtqueue *vq, const struct vq_chain *c)
 {
     struct blk_req_hdr h;
-    uint32_t written = 0;
     uint8_t status;
 
     if (c->out_len < sizeof(h) || c->in_len < 1)
         return -EINVAL;
     vq_read(c, 0, &h, sizeof(h));
-    status = blk_do(blk, c, &h, &written);
-    if (status != S_OK) {
+    status = blk_do(blk, c, &h);
+    if (status != S_OK)
         blk->errors++;
-        written = 0;
-    }
     vq_write(c, c->in_len - 1, &status, 1);
     /* The whole writable part is reported (and so marked dirty for
      * migration): the status byte is its last byte. */

@@ -17,6 +17,7 @@
 #define NET_TXQ 1
 #define NET_QUEUE_SIZE 256
 #define NET_NOTIFY_BATCH 32
+#define NET_BUDGET 256          /* packets per turn, so rx and tx take turns */
 #define NET_STATE_VERSION 1
 
 static void net_count(uint64_t *c, uint64_t n)
@@ -26,31 +27,138 @@ static void net_count(uint64_t *c, uint64_t n)
 
 /* One packet from the tap into one rx chain (no mergeable buffers: the driver
  * gives chains big enough for what it negotiated). */
-static int net_rx_one(struct virtio_net *n, struct virtqueue *vq)
+/* Out of budget with work left: come back after the other queue's turn (a
+ * write to our own notify eventfd, as the guest's kick would do). With the
+ * edge-triggered tap nothing else would wake us for packets already queued. */
+static void net_requeue(struct virtio_net *n, unsigned q)
 {
-    ssize_t len = read(n->tap.fd, n->rxbuf, sizeof(n->rxbuf));
-    int ret;
+    uint64_t one = 1;
 
-    if (len < 0)
-        return errno == EAGAIN || errno == EINTR || errno == EBADFD ? 0 : -errno;
-    if (len < VIRTIO_NET_HDR_LEN)
-        return 1;
-    n->rxbuf[10] = 1, n->rxbuf[11] = 0;   /* num_buffers = 1 (VERSION_1) */
-    if (!virtio_dev_has_feature(&n->vdev, VIRTIO_NET_F_GUEST_CSUM))
-        n->rxbuf[0] = 0;                  /* no DATA_VALID for a driver that did not ask */
-    ret = vq_pop(vq, &n->chain);
+    if (write(n->vdev.kick_fd[q], &one, sizeof(one)) < 0)
+        log_warn("%s: re-kicking queue %u: %s", n->vdev.name, q, strerror(errno));
+}
+
+/* One frame into one chain (no mergeable buffers: the driver gives chains
+ * big enough for what it negotiated). */
+static int net_rx_single(struct virtio_net *n, struct virtqueue *vq)
+{
+    uint32_t len = n->pending_len;
+    int ret = vq_pop(vq, &n->chain);
+
     if (ret <= 0)
-        return ret < 0 ? ret : 0;
-    if (n->chain.in_len < (uint32_t)len) {
+        return ret;
+    n->rxbuf[10] = 1, n->rxbuf[11] = 0;   /* num_buffers = 1 (VERSION_1) */
+    if (n->chain.in_len < len) {
         net_count(&n->st.rx_dropped, 1);   /* too small a buffer: it goes back empty */
         len = 0;
     } else {
-        vq_write(&n->chain, 0, n->rxbuf, (uint32_t)len);
+        vq_write(&n->chain, 0, n->rxbuf, len);
         net_count(&n->st.rx_packets, 1);
-        net_count(&n->st.rx_bytes, (uint64_t)len - VIRTIO_NET_HDR_LEN);
+        net_count(&n->st.rx_bytes, len - VIRTIO_NET_HDR_LEN);
     }
-    ret = vq_push(vq, &n->chain, (uint32_t)len);
+    ret = vq_push(vq, &n->chain, len);
     return ret < 0 ? ret : 1;
+}
+
+static void net_mark_in(struct virtqueue *vq, const struct vq_chain *c, uint32_t written)
+{
+    for (unsigned i = 0; i < c->nin && written; i++) {
+        uint32_t k = MIN(c->in[i].len, written);
+
+        mem_mark_written(vq->mem, c->in[i].gpa, k);
+        written -= k;
+    }
+}
+
+/* Used entries of one mergeable frame become visible together: a driver
+ * that sees the first (with num_buffers) takes the others at once, so they
+ * cannot be published one by one as vq_push() does. Same layout and dirty
+ * marking as vq_push(). */
+static int net_publish(struct virtqueue *vq, const struct net_used *u, uint16_t nb)
+{
+    uint8_t *used = mem_ptr(vq->mem, vq->used_gpa, 4 + 8ULL * vq->size);
+
+    if (!used || vq->size == 0)
+        return -EINVAL;
+    for (uint16_t i = 0; i < nb; i++) {
+        uint64_t off = 4 + 8ULL * ((uint16_t)(vq->used_idx + i) % vq->size);
+        uint32_t elem[2] = { u[i].head, u[i].len };
+
+        memcpy(used + off, elem, sizeof(elem));
+        mem_mark_written(vq->mem, vq->used_gpa + off, sizeof(elem));
+    }
+    vq->used_idx = (uint16_t)(vq->used_idx + nb);
+    __atomic_store_n((uint16_t *)(used + 2), vq->used_idx, __ATOMIC_RELEASE);
+    mem_mark_written(vq->mem, vq->used_gpa + 2, 2);
+    return 0;
+}
+
+/* Not enough buffers yet: give the chains back (nothing was published) and
+ * wait; a frame that cannot fit even in a full ring is dropped. */
+static int net_rx_unpop(struct virtio_net *n, struct virtqueue *vq, uint16_t nb)
+{
+    vq->last_avail = (uint16_t)(vq->last_avail - nb);
+    if (nb < MIN(vq->size, VQ_MAX_SIZE))
+        return 0;
+    net_count(&n->st.rx_dropped, 1);
+    return 1;
+}
+
+/* VIRTIO_NET_F_MRG_RXBUF: one frame over as many chains as it needs. */
+static int net_rx_mrg(struct virtio_net *n, struct virtqueue *vq)
+{
+    uint32_t len = n->pending_len, off = 0, k;
+    uint16_t nb = 0, le;
+    int ret;
+
+    while (off < len) {
+        struct vq_chain *c = nb ? &n->chain : &n->chain0;
+
+        if (nb >= MIN(vq->size, VQ_MAX_SIZE))   /* a guest adding buffers behind us */
+            return net_rx_unpop(n, vq, nb);
+        ret = vq_pop(vq, c);
+        if (ret <= 0)
+            return ret < 0 ? ret : net_rx_unpop(n, vq, nb);
+        if (nb == 0 && c->in_len < VIRTIO_NET_HDR_LEN) {
+            c->error = "mergeable rx buffer smaller than the header";
+            return -EINVAL;
+        }
+        k = vq_write(c, 0, n->rxbuf + off, len - off);
+        net_mark_in(vq, c, k);
+        n->used[nb].head = c->head;
+        n->used[nb].len = k;
+        nb++, off += k;
+    }
+    le = nb;                                  /* num_buffers, little-endian (x86) */
+    vq_write(&n->chain0, 10, &le, sizeof(le));
+    net_count(&n->st.rx_packets, 1);
+    net_count(&n->st.rx_bytes, len - VIRTIO_NET_HDR_LEN);
+    ret = net_publish(vq, n->used, nb);
+    return ret < 0 ? ret : 1;
+}
+
+/* Reads a frame (unless one waits from last time) and hands it to the guest.
+ * 1: delivered or dropped; 0: tap empty or no buffers (the frame waits). */
+static int net_rx_one(struct virtio_net *n, struct virtqueue *vq)
+{
+    ssize_t len;
+    int ret;
+
+    if (!n->pending_len) {
+        len = read(n->tap.fd, n->rxbuf, sizeof(n->rxbuf));
+        if (len < 0)
+            return errno == EAGAIN || errno == EINTR || errno == EBADFD ? 0 : -errno;
+        if (len < VIRTIO_NET_HDR_LEN)
+            return 1;
+        if (!virtio_dev_has_feature(&n->vdev, VIRTIO_NET_F_GUEST_CSUM))
+            n->rxbuf[0] = 0;              /* no DATA_VALID for a driver that did not ask */
+        n->pending_len = (uint32_t)len;
+    }
+    ret = virtio_dev_has_feature(&n->vdev, VIRTIO_NET_F_MRG_RXBUF) ?
+          net_rx_mrg(n, vq) : net_rx_single(n, vq);
+    if (ret != 0)
+        n->pending_len = 0;
+    return ret;
 }
 
 /* Reads only while the guest has buffers: the rest waits in the tap's queue
@@ -63,12 +171,14 @@ static void net_rx(struct virtio_net *n)
 
     if (!vq->enabled || !n->tap.attached)
         return;
-    while (vq_has_work(vq) && !virtio_dev_should_stop(&n->vdev) &&
+    while (vq_has_work(vq) && !virtio_dev_should_stop(&n->vdev) && pushed < NET_BUDGET &&
            (ret = net_rx_one(n, vq)) > 0)
         if (++pushed % NET_NOTIFY_BATCH == 0)
             virtio_dev_notify(&n->vdev, NET_RXQ);
     if (pushed % NET_NOTIFY_BATCH)
         virtio_dev_notify(&n->vdev, NET_RXQ);
+    if (pushed == NET_BUDGET && ret > 0)
+        net_requeue(n, NET_RXQ);
     if (ret < 0)
         virtio_dev_broken(&n->vdev, n->chain.error ? n->chain.error : "rx queue");
 }
@@ -97,14 +207,17 @@ static void net_tx(struct virtio_net *n)
 {
     struct virtqueue *vq = &n->vdev.vq[NET_TXQ];
     unsigned done = 0;
-    int ret;
+    int ret = 1;
 
     if (!vq->enabled)
         return;
-    while (!virtio_dev_should_stop(&n->vdev) && (ret = net_tx_one(n, vq)) > 0)
+    while (!virtio_dev_should_stop(&n->vdev) && done < NET_BUDGET &&
+           (ret = net_tx_one(n, vq)) > 0)
         done++;
     if (done)
         virtio_dev_notify(&n->vdev, NET_TXQ);
+    if (done == NET_BUDGET && ret > 0)
+        net_requeue(n, NET_TXQ);
     if (ret < 0)
         virtio_dev_broken(&n->vdev, n->chain.error ? n->chain.error : "tx queue");
 }
@@ -152,6 +265,7 @@ static void net_reset(struct virtio_dev *vdev)
 {
     struct virtio_net *n = vdev->priv;
 
+    n->pending_len = 0;
     tap_set_offload(&n->tap, 0);
 }
 
@@ -169,7 +283,9 @@ static int net_walk(struct state_walker *w, struct virtio_dev *vdev)
     if (walk_loading(w) && w->err == 0 && version != NET_STATE_VERSION)
         return walk_fail(w, -EINVAL, "net.version");
     walk_buf(w, mac, sizeof(mac), "net.mac");
+    walk_bool(w, &n->drops_valid, "net.drops_valid");
     walk_u64(w, &n->drops_at_pause, "net.drops_at_pause");
+    walk_u64(w, &n->queued_at_pause, "net.queued_at_pause");
     if (w->err || !walk_loading(w))
         return w->err;
     if (mac[0] & 1)
@@ -206,7 +322,8 @@ static const struct virtio_dev_ops net_ops = {
 
 static uint64_t net_features(const struct tap *t)
 {
-    uint64_t f = 1ULL << VIRTIO_NET_F_MAC | 1ULL << VIRTIO_NET_F_STATUS;
+    uint64_t f = 1ULL << VIRTIO_NET_F_MAC | 1ULL << VIRTIO_NET_F_STATUS |
+                 1ULL << VIRTIO_NET_F_MRG_RXBUF;
 
     if (t->offloads & TUN_F_CSUM)
         f |= 1ULL << VIRTIO_NET_F_CSUM | 1ULL << VIRTIO_NET_F_GUEST_CSUM;
@@ -232,17 +349,15 @@ static void net_watch_edge(struct virtio_net *n)
         log_warn("%s: tap watch stays level-triggered: %s", n->vdev.name, strerror(errno));
 }
 
-int virtio_net_add(struct virtio_bus *bus, struct virtio_net *n, unsigned index,
-                   const struct net_config *cfg)
+int virtio_net_register(struct virtio_bus *bus, struct virtio_net *n, unsigned index,
+                        const uint8_t mac[NET_MAC_LEN])
 {
     static const char *const names[NET_MAX_DEVICES] = { "net0", "net1", "net2", "net3" };
-    int ret = tap_open(&n->tap, cfg->tap, false);
+    int ret;
 
-    if (ret < 0)
-        return ret;
     n->index = index;
-    memcpy(n->mac, cfg->mac, NET_MAC_LEN);
-    memcpy(n->config, cfg->mac, NET_MAC_LEN);
+    memcpy(n->mac, mac, NET_MAC_LEN);
+    memcpy(n->config, mac, NET_MAC_LEN);
     n->config[6] = VIRTIO_NET_S_LINK_UP;
     n->config[8] = 1;                     /* max_virtqueue_pairs (no MQ feature) */
     n->vdev = (struct virtio_dev){
@@ -256,6 +371,16 @@ int virtio_net_add(struct virtio_bus *bus, struct virtio_net *n, unsigned index,
         ret = virtio_dev_watch_fd(&n->vdev, n->tap.fd, net_tap_readable, n);
     if (ret == 0)
         net_watch_edge(n);
+    return ret;
+}
+
+int virtio_net_add(struct virtio_bus *bus, struct virtio_net *n, unsigned index,
+                   const struct net_config *cfg)
+{
+    int ret = tap_open(&n->tap, cfg->tap, false);
+
+    if (ret == 0)
+        ret = virtio_net_register(bus, n, index, cfg->mac);
     if (ret < 0)
         tap_close(&n->tap);
     return ret;
@@ -263,10 +388,21 @@ int virtio_net_add(struct virtio_bus *bus, struct virtio_net *n, unsigned index,
 
 void virtio_net_pause(struct virtio_net *n)
 {
+    uint64_t left = 0;
+
     if (!n->tap.attached)
         return;
-    tap_attach(&n->tap, false);
+    /* The host's count is read first: every drop from the detach on counts.
+     * Packets still queued for this process die with it (or with the pause):
+     * counted too. The worker is parked: rxbuf is free. */
     n->drops_at_pause = tap_host_drops(&n->tap);
+    left = n->pending_len != 0;            /* a frame that waited for buffers */
+    n->pending_len = 0;
+    while (read(n->tap.fd, n->rxbuf, sizeof(n->rxbuf)) >= 0)
+        left++;
+    tap_attach(&n->tap, false);
+    n->queued_at_pause = left;
+    n->drops_valid = true;
 }
 
 /* RARP from the guest's MAC, as a switch would need after a move. */
@@ -292,14 +428,15 @@ void virtio_net_resume(struct virtio_net *n)
         return;
     tap_set_offload(&n->tap, (n->vdev.status & VIRTIO_STATUS_DRIVER_OK) ?
                     net_tap_offloads(&n->vdev) : 0);
-    if (n->drops_at_pause) {
+    if (n->drops_valid) {
         drops = tap_host_drops(&n->tap);
-        if (drops >= n->drops_at_pause && drops - n->drops_at_pause > 0) {
-            net_count(&n->st.switchover_dropped, drops - n->drops_at_pause);
-            log_info("%s: %llu packets dropped by the host while the VM was stopped",
-                     n->vdev.name, (unsigned long long)(drops - n->drops_at_pause));
+        drops = (drops > n->drops_at_pause ? drops - n->drops_at_pause : 0) + n->queued_at_pause;
+        if (drops) {
+            net_count(&n->st.switchover_dropped, drops);
+            log_info("%s: %llu packets dropped while the VM was stopped", n->vdev.name,
+                     (unsigned long long)drops);
         }
-        n->drops_at_pause = 0;
+        n->drops_valid = false;
     }
     if (n->announce)
         net_announce(n);

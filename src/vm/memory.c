@@ -77,6 +77,8 @@ fail:
 
 void mem_destroy(struct guest_mem *mem)
 {
+    mem_track_writes(mem, false);
+    mem_track_writes(mem, false);   /* twice: frees the retired bitmaps too */
     if (mem->hva)
         munmap(mem->hva, mem->size);
     if (mem->fd >= 0)
@@ -146,7 +148,8 @@ void mem_track_writes(struct guest_mem *mem, bool on)
         uint64_t *old, *bm = on ? calloc((mem->regions[i].size / PAGE_SIZE + 63) / 64, 8) : NULL;
 
         old = __atomic_exchange_n(&mem->written[i], bm, __ATOMIC_ACQ_REL);
-        free(old);   /* writers finish within the pause that ends tracking */
+        free(mem->retired[i]);
+        mem->retired[i] = old;
     }
 }
 

@@ -28,6 +28,10 @@ struct guest_mem {
     /* Pages ferry itself wrote while migration tracks writes (one bitmap
      * per region, NULL when not tracking); merged into KVM's dirty log. */
     uint64_t *written[MEM_MAX_REGIONS];
+    /* Bitmaps of the last tracking period, freed only at the next start or
+     * at destroy: a device worker may still be setting a bit in one when a
+     * cancelled migration stops tracking with the VM running. */
+    uint64_t *retired[MEM_MAX_REGIONS];
 };
 
 /* Splits ram bytes into regions (pure; unit-tested). Returns the count. */

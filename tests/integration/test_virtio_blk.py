@@ -160,3 +160,22 @@ def test_blk_snapshot_restore(vm_factory, tmp_path):
     new = vm_factory(restore=(snap, ["--disk", disk_arg(disk)]))
     finish_and_check(new, disk, 0, before)
     assert "Linux" not in new.console.refresh()
+
+
+def test_migration_to_other_devices_fails_cleanly(vm_factory, tmp_path):
+    """A destination without the disk refuses the stream (slot 1 holds
+    another device: its PCI IDs differ); the VM keeps running its I/O on
+    the source."""
+    disk = make_disk(tmp_path, "d.img", 8)
+    src = loop_vm(vm_factory, disk)
+    port = free_port()
+    uri = f"tcp:127.0.0.1:{port}"
+    dst = vm_factory(incoming=uri)
+    wait_listening(port)
+    rc, rep, err = migrate(src, uri)
+    assert rc != 0
+    dst.wait_exit(10)
+    assert "section pci/1" in dst.stderr_text()
+    g = blkw_passes(src.console.refresh())[-1][0]
+    src.wait_for(rf"^BLKW {g + 2} ok", timeout=30)
+    assert "FAIL" not in src.console.refresh()

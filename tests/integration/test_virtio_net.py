@@ -99,6 +99,16 @@ def test_ping_and_udp_echo(netns, vm_factory):
     assert got >= n * 0.95
     devs = net_devices(vm)
     assert devs and devs[0]["mac"] == MAC and devs[0]["rx_packets"] >= 2000
+    # Paused, the VM leaves the tap (the host drops and counts); resumed, it answers.
+    assert vm.api("PUT", "/v1/vm/pause")[0] in (200, 204)
+    p = Pinger()
+    try:
+        assert p.ping(3, timeout=0.2) == []
+    finally:
+        p.close()
+    assert vm.api("PUT", "/v1/vm/resume")[0] in (200, 204)
+    assert_answers("after pause/resume", pings=5, datagrams=20)
+    assert net_devices(vm)[0]["switchover_dropped"] >= 3
 
 
 class Stream:
@@ -109,7 +119,7 @@ class Stream:
         self.udp = udp_socket()
         self.udp.settimeout(0.2)
         self.pinger = Pinger()
-        self.sent, self.echoed = {}, {}
+        self.sent, self.echoed, self.corrupt = {}, {}, 0
         self.pings_sent, self.pings_back = {}, {}
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=f, daemon=True)
@@ -135,7 +145,13 @@ class Stream:
                 if self.stop.is_set():
                     return
                 continue
-            self.echoed[int(data.split()[1])] = time.monotonic()
+            # A payload that comes back changed (a received page the migration
+            # missed, say) is corrupt, not merely late.
+            parts = data.split()
+            if len(parts) == 2 and parts[0] == b"stream" and data == b"stream %08d" % int(parts[1]):
+                self.echoed[int(parts[1])] = time.monotonic()
+            else:
+                self.corrupt += 1
 
     def _ping(self):
         while not self.stop.is_set():
@@ -158,7 +174,8 @@ class Stream:
         self.pinger.close()
 
 
-def test_migration_keeps_network(netns, vm_factory):
+@pytest.mark.parametrize("mode", ["precopy", "postcopy"])
+def test_migration_keeps_network(netns, vm_factory, mode):
     src, mac = net_vm(vm_factory)
     port = free_port()
     uri = f"tcp:127.0.0.1:{port}"
@@ -170,7 +187,7 @@ def test_migration_keeps_network(netns, vm_factory):
     st = Stream()
     st.start()
     time.sleep(0.5)
-    rc, rep, err = migrate(src, uri)
+    rc, rep, err = migrate(src, uri, "--mode", mode)
     assert rc == 0, err
     assert src.wait_exit(20) == 0
     gone = time.monotonic()           # from here only the destination can answer
@@ -182,27 +199,66 @@ def test_migration_keeps_network(netns, vm_factory):
     after = [i for i, t in st.sent.items() if t > gone]
     answered_after = [i for i in after if i in st.echoed]
     sw = [d["switchover_dropped"] for d in net_devices(dst)]
-    print(f"migration: downtime {rep['downtime']['total_ms']} ms;"
+    status, drep = dst.api("GET", "/v1/migration")
+    assert drep["net_switchover_dropped"] == sum(sw)
+    print(f"{mode} migration: downtime {rep['downtime']['total_ms']} ms;"
           f" UDP {len(st.sent)} sent, {len(lost)} lost"
           f" ({100.0 * len(lost) / len(st.sent):.2f} %);"
           f" pings {len(st.pings_sent)} sent, {len(lost_pings)} lost;"
           f" host drops at switchover {sw}")
+    assert st.corrupt == 0
     assert after and len(answered_after) >= 0.95 * len(after), "destination does not answer"
-    assert len(lost) < 0.05 * len(st.sent)
-    assert len(lost_pings) <= max(2, 0.05 * len(st.pings_sent))
+    # Losses stay within the switchover: under 5 %, or what the downtime explains
+    # (a datagram every 2 ms, a ping every 20 ms) when a loaded host stretches it.
+    downtime = rep["downtime"]["total_ms"]
+    assert len(lost) <= max(0.05 * len(st.sent), downtime / 2 + 10)
+    assert len(lost_pings) <= max(2, 0.05 * len(st.pings_sent), downtime / 20 + 2)
+    # Every loss is a packet the host or the source dropped at the switchover, and counted.
+    assert len(lost) + len(lost_pings) <= sum(sw)
     devs = net_devices(dst)
     assert devs and devs[0]["mac"] == mac == MAC
     assert_answers("after migration", pings=5, datagrams=20)
 
 
-def test_snapshot_restore_keeps_network(netns, vm_factory, tmp_path):
-    vm, mac = net_vm(vm_factory)
+def test_failed_migration_keeps_network_on_source(netns, vm_factory):
+    """The destination has no net device: it refuses the state after the
+    source paused (and left the tap); the source resumes, joins the tap again
+    and answers."""
+    src, mac = net_vm(vm_factory)
+    port = free_port()
+    uri = f"tcp:127.0.0.1:{port}"
+    dst = vm_factory(incoming=uri)
+    wait_listening(port)
+    rc, rep, err = migrate(src, uri)
+    assert rc != 0
+    dst.wait_exit(10)
+    assert "section pci/1" in dst.stderr_text()
+    assert rep["downtime"]["pause_ms"] > 0      # the source did stop and leave the tap
+    assert src.api("GET", "/v1/vm")[1]["state"] == "running"
+    assert_answers("source after a failed migration", pings=5, datagrams=20)
+
+
+def test_snapshot_restore_keeps_network_and_disk(netns, vm_factory, tmp_path):
+    """Both devices: the net responder answers and the disk loop goes on."""
+    disk = tmp_path / "disk.img"
+    with open(disk, "wb") as f:
+        f.truncate(8 << 20)
+    vm = vm_factory(memory=256, cpus=2, cmdline="net=1 blktest=1 blk.loop=1 blk.mib=1",
+                    extra=["--net", f"tap=ftap0,mac={MAC}", "--disk", f"path={disk}"])
+    vm.wait_for(r"^NET ready", timeout=20)
+    vm.wait_for(r"^BLK ok 0", timeout=20)
+    vm.wait_api()
     assert_answers("before snapshot", pings=5, datagrams=20)
     snap = tmp_path / "net.snap"
     r = run_cli("snapshot", "--api-socket", vm.sock, str(snap), timeout=60)
     assert r.returncode == 0, r.stderr
+    passes = [int(g) for g in vm.console.lines(r"^BLKW (\d+) ok")]
     vm.close()
-    new = vm_factory(kernel=None, restore=(str(snap), ["--net", "tap=ftap0"]))
+    new = vm_factory(kernel=None, restore=(str(snap), ["--net", "tap=ftap0",
+                                                       "--disk", f"path={disk}"]))
     new.wait_api()
     assert_answers("after restore", pings=5, datagrams=20)
-    assert net_devices(new)[0]["mac"] == mac
+    assert net_devices(new)[0]["mac"] == MAC
+    last = max(passes, default=0)
+    new.wait_for(rf"^BLKW {last + 2} ok", timeout=20)
+    assert "FAIL" not in new.console.refresh()

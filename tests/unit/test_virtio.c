@@ -15,6 +15,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "state/state.h"
 #include "virtio/virtio.h"
 #include "virtio/virtio_blk.h"
 #include "virtio/virtio_rng.h"
@@ -58,6 +59,7 @@ static int vq_teardown(void **state)
 {
     (void)state;
     mem_track_writes(&mem, false);
+    mem_track_writes(&mem, false);   /* and the retired bitmaps */
     free(mem.hva);
     mem.hva = NULL;
     return 0;
@@ -346,6 +348,130 @@ static void test_pause_quiesce(void **state)
     free(rng.chain);
 }
 
+/* BAR sizing (all ones, read back, restore) and moving BAR0: the registers
+ * follow the BAR; while it reads all ones nothing decodes. */
+static void test_bar_sizing(void **state)
+{
+    static struct virtio_rng rng;
+    uint32_t cfg_addr;
+
+    (void)state;
+    assert_int_equal(virtio_rng_add(&vbus, &rng), 0);
+    cfg_addr = 0x80000000U | (rng.vdev.slot << 11);
+    bar = rng.vdev.bar_addr;
+    assert_int_equal(bar, VIRTIO_BAR_BASE);
+    assert_int_equal(pci_cfg_read(&pci, cfg_addr | 0x10, 0, 4), (uint32_t)bar | 4);
+    assert_int_equal(pci_cfg_read(&pci, cfg_addr | 0x34, 0, 1), 0x40);   /* caps */
+    assert_int_equal(pci_cfg_read(&pci, cfg_addr | 0x04, 2, 2) & 0x10, 0x10);
+    pci_cfg_write(&pci, cfg_addr | 0x10, 0, 4, 0xffffffffU);
+    pci_cfg_write(&pci, cfg_addr | 0x14, 0, 4, 0xffffffffU);
+    assert_int_equal(pci_cfg_read(&pci, cfg_addr | 0x10, 0, 4), 0xffffc004U);
+    assert_int_equal(pci_cfg_read(&pci, cfg_addr | 0x14, 0, 4), 0xffffffffU);
+    assert_int_equal(rng.vdev.bar_addr, 0);
+    assert_false(virtio_mmio(&vbus, VIRTIO_BAR_BASE, (uint8_t[8]){ 0 }, 4, false));
+    pci_cfg_write(&pci, cfg_addr | 0x10, 0, 4, 0xd0000000U);
+    pci_cfg_write(&pci, cfg_addr | 0x14, 0, 4, 0);
+    assert_int_equal(rng.vdev.bar_addr, 0xd0000000U);
+    bar = 0xd0000000U;
+    assert_int_equal(mmio_r(0x12, 2), 1);                 /* num_queues */
+    pci_cfg_write(&pci, cfg_addr | 0x04, 0, 2, 0);         /* memory decoding off */
+    assert_false(virtio_mmio(&vbus, bar + 0x12, (uint8_t[8]){ 0 }, 2, false));
+    free(rng.chain);
+}
+
+static uint64_t irqfd_count(struct virtio_dev *v, unsigned vec)
+{
+    uint64_t n = 0;
+
+    if (read(v->irqfd[vec], &n, sizeof(n)) != sizeof(n))
+        return 0;
+    return n;
+}
+
+static void rng_request(uint16_t head)
+{
+    put_desc(DESC, head, 0x10000, 64, 2, 0);
+    make_avail(head);
+    mmio_w(VIRTIO_BAR_NOTIFY, 0, 2);
+    wait_used((uint16_t)(head + 1));
+}
+
+/* MSI-X: an unmasked vector fires its irqfd; a masked one sets its PBA bit
+ * and fires on unmask; ISR stays clear. */
+static void test_msix(void **state)
+{
+    static struct virtio_rng rng;
+    struct virtio_dev *v = &rng.vdev;
+    uint32_t cfg_addr;
+
+    (void)state;
+    assert_int_equal(virtio_rng_add(&vbus, &rng), 0);
+    assert_int_equal(virtio_bus_start(&vbus, false), 0);
+    cfg_addr = 0x80000000U | (v->slot << 11);
+    pci_cfg_write(&pci, cfg_addr | 0x84, 2, 2, 0x8000);   /* MSI-X enable */
+    driver_init(v);
+    mmio_w(VIRTIO_BAR_MSIX_TABLE + 0, 0xfee00000U, 4);
+    mmio_w(VIRTIO_BAR_MSIX_TABLE + 8, 0x41, 4);
+    mmio_w(VIRTIO_BAR_MSIX_TABLE + 12, 0, 4);              /* unmask vector 0 */
+    mmio_w(0x1a, 0, 2);                                    /* queue 0 -> vector 0 */
+    assert_int_equal(mmio_r(0x1a, 2), 0);
+    rng_request(0);
+    usleep(20000);
+    assert_int_equal(irqfd_count(v, 0), 1);
+    assert_int_equal(mmio_r(VIRTIO_BAR_ISR, 1), 0);
+    mmio_w(VIRTIO_BAR_MSIX_TABLE + 12, 1, 4);              /* mask */
+    rng_request(1);
+    usleep(20000);
+    assert_int_equal(irqfd_count(v, 0), 0);
+    assert_int_equal(mmio_r(VIRTIO_BAR_MSIX_PBA, 4) & 1, 1);
+    mmio_w(VIRTIO_BAR_MSIX_TABLE + 12, 0, 4);              /* unmask: delivered */
+    assert_int_equal(irqfd_count(v, 0), 1);
+    assert_int_equal(mmio_r(VIRTIO_BAR_MSIX_PBA, 4) & 1, 0);
+    virtio_bus_stop(&vbus);
+    free(rng.chain);
+}
+
+/* The state section round-trips queue progress and MSI-X, and refuses a
+ * section written for another device type. */
+static void test_state_walk(void **state)
+{
+    static struct virtio_rng a, b;
+    struct state_walker w, l;
+
+    (void)state;
+    assert_int_equal(virtio_rng_add(&vbus, &a), 0);
+    assert_int_equal(virtio_rng_add(&vbus, &b), 0);
+    a.vdev.status = 15;
+    a.vdev.vq[0] = (struct virtqueue){ .mem = &mem, .max_size = 64, .size = QSIZE,
+                                       .enabled = true, .msix_vector = 1, .desc_gpa = DESC,
+                                       .avail_gpa = AVAIL, .used_gpa = USED,
+                                       .last_avail = 7, .used_idx = 6 };
+    a.vdev.msix[1] = (struct msix_entry){ 0xfee00000U, 0x42, 0 };
+    walk_init_save(&w, 1);
+    assert_int_equal(virtio_state_ops.walk(&w, &a.vdev), 0);
+    walk_init_load(&l, w.buf, w.len, 1);
+    assert_int_equal(virtio_state_ops.walk(&l, &b.vdev), 0);
+    assert_int_equal(walk_finish(&l), 0);
+    assert_int_equal(b.vdev.status, 15);
+    assert_int_equal(b.vdev.vq[0].last_avail, 7);
+    assert_int_equal(b.vdev.vq[0].used_idx, 6);
+    assert_true(b.vdev.vq[0].enabled);
+    assert_int_equal(b.vdev.msix[1].data, 0x42);
+    b.vdev.type = VIRTIO_ID_BLK;                           /* another device */
+    walk_init_load(&l, w.buf, w.len, 1);
+    assert_int_not_equal(virtio_state_ops.walk(&l, &b.vdev), 0);
+    a.vdev.vq[0].used_gpa = MEM_SIZE;                      /* rings outside RAM */
+    b.vdev.type = VIRTIO_ID_RNG;
+    walk_free(&w);
+    walk_init_save(&w, 1);
+    virtio_state_ops.walk(&w, &a.vdev);
+    walk_init_load(&l, w.buf, w.len, 1);
+    assert_int_not_equal(virtio_state_ops.walk(&l, &b.vdev), 0);
+    walk_free(&w);
+    free(a.chain);
+    free(b.chain);
+}
+
 static char disk_path[64];
 
 static void blk_req(uint16_t head, uint32_t type, uint64_t sector, uint64_t data,
@@ -451,6 +577,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_vq_copy, vq_setup, vq_teardown),
         cmocka_unit_test_setup_teardown(test_rng, transport_setup, transport_teardown),
         cmocka_unit_test_setup_teardown(test_pause_quiesce, transport_setup, transport_teardown),
+        cmocka_unit_test_setup_teardown(test_bar_sizing, transport_setup, transport_teardown),
+        cmocka_unit_test_setup_teardown(test_msix, transport_setup, transport_teardown),
+        cmocka_unit_test_setup_teardown(test_state_walk, transport_setup, transport_teardown),
         cmocka_unit_test_setup_teardown(test_blk_rw, transport_setup, transport_teardown),
         cmocka_unit_test_setup_teardown(test_blk_readonly, transport_setup, transport_teardown),
     };
