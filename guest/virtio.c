@@ -84,8 +84,11 @@ static volatile u8 *virtio_cap_map(const struct pci_dev *p, u8 cap, u64 *bars)
 
     if (bar > 5)
         return NULL;
-    if (!bars[bar])
+    if (!bars[bar]) {
         bars[bar] = pci_bar(p, bar);
+        if (cfg.boot_trace)
+            con_printf("TRACE virtio 00:%02x.%x bar%u=0x%lx\n", p->slot, p->func, bar, bars[bar]);
+    }
     if (!bars[bar] || !mmio_map(bars[bar] + off, MAX(len, 1)))
         return NULL;
     return (volatile u8 *)(bars[bar] + off);
@@ -126,8 +129,13 @@ int virtio_open(struct virtio_dev *v, const struct pci_dev *p, u64 want, const c
         return -1;
     }
     w8(v->common, C_STATUS, 0);
-    while (r8(v->common, C_STATUS))
+    for (u32 i = 0; r8(v->common, C_STATUS); i++) {
+        if (i == 1000) {
+            *why = "reset";
+            return -1;
+        }
         cpu_relax();
+    }
     w8(v->common, C_STATUS, S_ACK | S_DRIVER);
     w32(v->common, C_DFSELECT, 0);
     offered = r32(v->common, C_DF);
