@@ -1,6 +1,7 @@
 #!/usr/bin/python3
-"""The whole benchmark suite, as `make bench` runs it: boot, snapshot/restore and live
-migration, ferry against QEMU/KVM, then the plots and docs/BENCHMARKS.md.
+"""The whole benchmark suite, as `make bench` runs it: boot, snapshot/restore, live
+migration and the virtio devices, ferry against QEMU/KVM, then the plots and
+docs/BENCHMARKS.md.
 
     python3 bench/bench_all.py [--repeat N] [--only NAME[,NAME]] [--out FILE.json]
                                [--boot-repeat N] [--snapshot-repeat N] [--no-report]
@@ -9,8 +10,8 @@ Environment (what `make bench` passes on):
   BENCH_REPEAT=N         runs per migration scenario and system (default 3); when set,
                          the boot and snapshot parts use at most N as well
   BENCH_ONLY=a,b         only these parts: migration scenario names (see
-                         bench/bench_migration.py), `boot`, `snapshot`, or `migration`
-                         (every scenario)
+                         bench/bench_migration.py), `boot`, `snapshot`, `virtio`, or
+                         `migration` (every scenario)
   BENCH_BOOT_REPEAT, BENCH_SNAPSHOT_REPEAT   repeats of those parts (default 5 and 3,
                          their scripts' defaults; the whole default suite then takes 10-12
                          minutes of the 30-minute budget on this 2-CPU host, so nothing
@@ -45,7 +46,7 @@ import benchlib as B                    # noqa: E402
 import bench_migration as M             # noqa: E402
 
 PY = sys.executable or "/usr/bin/python3"
-PART_TIMEOUT_S = {"boot": 600, "snapshot": 900, "migration": 2400}
+PART_TIMEOUT_S = {"boot": 600, "snapshot": 900, "migration": 2400, "virtio": 900}
 BUDGET_S = 30 * 60
 BOOT_REPEAT = 5                 # bench_boot.py's own default
 SNAPSHOT_REPEAT = 3             # bench_snapshot.py's own default
@@ -107,19 +108,19 @@ def main():
                                                   min(SNAPSHOT_REPEAT, cap))
 
     only = [n.strip() for n in args.only.split(",") if n.strip()]
-    known = set(M.SCENARIOS) | {"boot", "snapshot", "migration"}
+    known = set(M.SCENARIOS) | {"boot", "snapshot", "migration", "virtio"}
     bad = [n for n in only if n not in known]
     if bad:
-        sys.exit(f"BENCH_ONLY: unknown {bad}; known: boot, snapshot, migration, "
+        sys.exit(f"BENCH_ONLY: unknown {bad}; known: boot, snapshot, migration, virtio, "
                  + ", ".join(M.SCENARIOS))
-    parts = ["boot", "snapshot", "migration"]
+    parts = ["boot", "snapshot", "migration", "virtio"]
     scenarios = list(M.SCENARIOS)
     if only:
         named = [n for n in only if n in M.SCENARIOS]
         parts = [p for p in parts if p in only or (p == "migration" and named)]
         if "migration" not in only and named:
             scenarios = named
-    partial = bool(only) and not (set(parts) == {"boot", "snapshot", "migration"}
+    partial = bool(only) and not (set(parts) == {"boot", "snapshot", "migration", "virtio"}
                                   and scenarios == list(M.SCENARIOS))
 
     B.check_tools(need_qemu=True)
@@ -134,6 +135,7 @@ def main():
         "snapshot": [PY, "bench/bench_snapshot.py", "--repeat", str(snap_repeat)] + q,
         "migration": [PY, "bench/bench_migration.py", "--repeat", str(args.repeat),
                       "--only", ",".join(scenarios), "--timeout", f"{args.timeout:g}"] + q,
+        "virtio": [PY, "bench/bench_virtio.py", "--repeat", str(min(args.repeat, 3))],
     }
     results, took, status = {}, {}, {}
     interrupted = False

@@ -160,6 +160,64 @@ def table(results):
     return "\n".join(lines)
 
 
+ROWS = (  # (kind, key, label, unit)
+    ("blk", "seqread_MBps", "sequential read, 1 MiB × 4 in flight", "MB/s"),
+    ("blk", "seqwrite_MBps", "sequential write, 1 MiB × 4 in flight", "MB/s"),
+    ("blk", "randread4k_qd1_iops", "4 KiB random read, QD 1", "IOPS"),
+    ("blk", "randread4k_qd16_iops", "4 KiB random read, QD 16", "IOPS"),
+    ("net", "rtt_p50_us", "ping RTT p50 (200 pings, 10 ms apart)", "µs"),
+    ("net", "rtt_p99_us", "ping RTT p99", "µs"),
+    ("net", "udp64_pps", "UDP echo, 64-byte payload, 32 outstanding", "/s"),
+    ("net", "udp1400_pps", "UDP echo, 1400-byte payload, 32 outstanding", "/s"),
+    ("net", "udp1400_MBps", "  the same in MB/s", "MB/s"),
+)
+TITLES = {"ferry": "ferry", "qemu": "QEMU (writeback, threads)",
+          "qemu-direct": "QEMU (cache=none, io_uring)"}
+
+
+def cell(res, kind, key, unit):
+    r = res.get(kind) or {}
+    if key not in r:
+        return ""
+    vals = [x[key] for x in r.get("runs", []) if x.get(key) is not None]
+    rng = f" [{min(vals):.0f}–{max(vals):.0f}]" if len(vals) > 1 else ""
+    return f"{r[key]:.0f} {unit}{rng}"
+
+
+def render(res):
+    """Markdown for docs/BENCHMARKS.md (bench/report.py calls it)."""
+    systems = [s for s in ("ferry", "qemu", "qemu-direct") if s in res.get("results", {})]
+    out = [f"Median of {res.get('repeat')} runs per figure, min–max in brackets; "
+           f"{res.get('mem_mib')} MiB, {res.get('cpus')} vCPUs. Command: "
+           "`python3 bench/bench_virtio.py` (part of `make bench`).", "",
+           "| | " + " | ".join(TITLES[s] for s in systems) + " |",
+           "|---|" + "---|" * len(systems)]
+    for kind, key, label, unit in ROWS:
+        cells = [cell(res["results"][s], kind, key, unit) for s in systems]
+        if any(cells):
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
+    if res.get("skipped"):
+        out += ["", "Skipped: " + "; ".join(f"{k}: {v}" for k, v in res["skipped"].items())]
+    out += ["",
+            "- Both run the test guest's own polled drivers (CPL 3, on the last of 2 vCPUs; "
+            "`guest/README.md`) against virtio-pci devices.",
+            "- Disk: a fresh sparse raw file per run; the guest writes 128 MiB sequentially "
+            "for ~2 s (so the region is allocated and cached), reads it, then random 4 KiB "
+            "reads for ~2 s at each depth (guest time). ferry's device does pread/pwrite on "
+            "the host page cache from its worker thread, so QEMU's default "
+            "(`cache=writeback,aio=threads`) is the comparable setting; "
+            "`cache=none,aio=io_uring` (O_DIRECT) is shown for reference: it measures the "
+            "host's disk, not the VMM.",
+            "- Network: a tap in a namespace made for the run, no vhost for either; the host "
+            "side is `guest/netprobe.py` (raw ICMP ping; UDP with 32 datagrams outstanding, "
+            "3 s per size, every echo compared with what was sent).",
+            "- ferry serves one request at a time per device on one worker thread; QEMU's "
+            "thread pool overlaps the requests in flight, which is where its sequential "
+            "reads gain. The ranges are wide on this shared 2-CPU host: only differences "
+            "well beyond a factor of 2 mean anything."]
+    return "\n".join(out)
+
+
 def median_of(runs):
     """Per numeric key, the median over runs; the runs themselves are kept too."""
     out = {}

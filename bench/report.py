@@ -561,9 +561,11 @@ def kept_blocks():
 def virtio_section(path, res):
     """The virtio device benchmark (bench/bench_virtio.py): its own markdown if it
     rendered one, else the tables of its summary."""
-    if res.get("report_markdown"):
-        return f"From `{rel(path)}`.\n\n" + res["report_markdown"]
-    return generic_section(path, res)
+    try:
+        sys.path.insert(0, BENCH)
+        return f"From `{rel(path)}`. " + importlib.import_module("bench_virtio").render(res)
+    except (ModuleNotFoundError, AttributeError, KeyError):
+        return generic_section(path, res)
 
 
 def existing_migration_text():
