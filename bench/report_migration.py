@@ -476,11 +476,12 @@ def notes(res, names):
              f"{fmt(m(x, 'qemu', 'fault_p99_us'), 'us')} µs.")
         fr = runs_of(res, x, "ferry")
         went = sum(bool((r.get("report") or {}).get("postcopy")) for r in fr)
-        s += (f" ferry switched to post-copy in {went} of {len(fr)} runs; in the others its "
-              "projected stop fitted the 300 ms limit, and hybrid switches only when it does "
-              "not, so those runs ended with an ordinary pre-copy stop (a pause of some tens "
-              "of ms moving the last dirty set, but no post-copy phase and no remote "
-              "faults)." if went < len(fr) else
+        s += (f" ferry switched to post-copy in {went} of {len(fr)} runs; in "
+              + ("the others" if went else "every run") + " its projected stop fitted the "
+              "300 ms limit, and hybrid switches only when it does not, so "
+              + ("those runs" if went else "they") + " ended with an ordinary pre-copy stop "
+              "(a pause of some tens of ms moving the last dirty set, but no post-copy "
+              "phase and no remote faults)." if went < len(fr) else
               f" ferry switched to post-copy in all {len(fr)} runs.")
         qr = runs_of(res, x, "qemu")
         s += (f" QEMU ran a post-copy phase in {count(qr, 'qemu_postcopy_active')} of "
