@@ -4,12 +4,10 @@ import http.client
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import struct
 import subprocess
-import tempfile
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -264,6 +262,15 @@ def wait_listening(port, timeout=10):
                 return
         time.sleep(0.05)
     raise AssertionError(f"nothing listens on port {port}")
+
+
+def start_destination(vm_factory, **kw):
+    """A `ferry run --incoming` on a free local port, listening; returns (vm, uri)."""
+    port = free_port()
+    uri = f"tcp:127.0.0.1:{port}"
+    vm = vm_factory(incoming=uri, **kw)
+    wait_listening(port)
+    return vm, uri
 
 
 def migrate(src, uri, *opts, wait=True, timeout=120):

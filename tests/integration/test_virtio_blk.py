@@ -7,7 +7,7 @@ import re
 import struct
 import zlib
 
-from ferrylib import free_port, migrate, run_cli, wait_listening
+from ferrylib import migrate, run_cli, start_destination
 
 MIB = 1 << 20
 SECTOR = 512
@@ -125,10 +125,7 @@ def finish_and_check(vm, disk, start, before=""):
 def test_blk_io_through_live_migration(vm_factory, tmp_path):
     disk = make_disk(tmp_path, "shared.img", 8)
     src = loop_vm(vm_factory, disk)
-    port = free_port()
-    uri = f"tcp:127.0.0.1:{port}"
-    dst = vm_factory(incoming=uri, extra=["--disk", disk_arg(disk)])
-    wait_listening(port)
+    dst, uri = start_destination(vm_factory, extra=["--disk", disk_arg(disk)])
     rc, rep, err = migrate(src, uri)
     assert rc == 0, err
     assert rep["state"] == "completed"
@@ -141,10 +138,7 @@ def test_blk_io_through_live_migration(vm_factory, tmp_path):
 def test_blk_io_through_postcopy(vm_factory, tmp_path):
     disk = make_disk(tmp_path, "shared.img", 8)
     src = loop_vm(vm_factory, disk)
-    port = free_port()
-    uri = f"tcp:127.0.0.1:{port}"
-    dst = vm_factory(incoming=uri, extra=["--disk", disk_arg(disk)])
-    wait_listening(port)
+    dst, uri = start_destination(vm_factory, extra=["--disk", disk_arg(disk)])
     rc, rep, err = migrate(src, uri, "--mode", "postcopy")
     assert rc == 0, err
     assert rep["state"] == "completed"
@@ -171,10 +165,7 @@ def test_migration_to_other_devices_fails_cleanly(vm_factory, tmp_path):
     the source."""
     disk = make_disk(tmp_path, "d.img", 8)
     src = loop_vm(vm_factory, disk)
-    port = free_port()
-    uri = f"tcp:127.0.0.1:{port}"
-    dst = vm_factory(incoming=uri)
-    wait_listening(port)
+    dst, uri = start_destination(vm_factory)
     rc, rep, err = migrate(src, uri)
     assert rc != 0
     dst.wait_exit(10)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from ferrylib import free_port, migrate, run_cli, wait_listening
+from ferrylib import migrate, run_cli, start_destination
 from netlib import GUEST_IP, NetNs, Pinger, udp_socket
 
 MAC = "02:fe:00:00:00:01"
@@ -177,11 +177,8 @@ class Stream:
 @pytest.mark.parametrize("mode", ["precopy", "postcopy"])
 def test_migration_keeps_network(netns, vm_factory, mode):
     src, mac = net_vm(vm_factory)
-    port = free_port()
-    uri = f"tcp:127.0.0.1:{port}"
     # No MAC on the destination's command line: it must take the source's.
-    dst = vm_factory(incoming=uri, extra=["--net", "tap=ftap0"])
-    wait_listening(port)
+    dst, uri = start_destination(vm_factory, extra=["--net", "tap=ftap0"])
     assert_answers("before migration", pings=5, datagrams=20)
 
     st = Stream()
@@ -225,10 +222,7 @@ def test_failed_migration_keeps_network_on_source(netns, vm_factory):
     source paused (and left the tap); the source resumes, joins the tap again
     and answers."""
     src, mac = net_vm(vm_factory)
-    port = free_port()
-    uri = f"tcp:127.0.0.1:{port}"
-    dst = vm_factory(incoming=uri)
-    wait_listening(port)
+    dst, uri = start_destination(vm_factory)
     rc, rep, err = migrate(src, uri)
     assert rc != 0
     dst.wait_exit(10)

@@ -20,6 +20,7 @@
 #include "virtio/virtio_blk.h"
 #include "virtio/virtio_rng.h"
 #include "vm/memory.h"
+#include "vdriver.h"
 
 #define MEM_SIZE (1U << 20)
 #define DESC  0x1000ULL
@@ -31,7 +32,6 @@ static struct guest_mem mem;
 static struct virtqueue vq;
 static struct vq_chain chain;
 
-struct desc { uint64_t addr; uint32_t len; uint16_t flags, next; };
 
 static void mem_setup_buf(void)
 {
@@ -68,15 +68,12 @@ static int vq_teardown(void **state)
 static void put_desc(uint64_t table, unsigned i, uint64_t addr, uint32_t len, uint16_t flags,
                      uint16_t next)
 {
-    struct desc d = { addr, len, flags, next };
-    memcpy(mem.hva + table + 16 * i, &d, 16);
+    vd_put_desc(&mem, table, i, addr, len, flags, next);
 }
 
 static void make_avail(uint16_t head)
 {
-    uint16_t *a = (uint16_t *)(mem.hva + AVAIL);
-    a[2 + a[1] % QSIZE] = head;
-    a[1]++;
+    vd_make_avail(&mem, AVAIL, QSIZE, head);
 }
 
 static void test_vq_simple(void **state)
@@ -226,18 +223,12 @@ static uint64_t bar;
 
 static void mmio_w(uint64_t off, uint64_t val, unsigned len)
 {
-    uint8_t d[8];
-    memcpy(d, &val, 8);
-    assert_true(virtio_mmio(&vbus, bar + off, d, len, true));
+    vd_mmio_w(&(struct vdriver){ &vbus, &mem, bar }, off, val, len);
 }
 
 static uint64_t mmio_r(uint64_t off, unsigned len)
 {
-    uint8_t d[8] = { 0 };
-    uint64_t v = 0;
-    assert_true(virtio_mmio(&vbus, bar + off, d, len, false));
-    memcpy(&v, d, len);
-    return v;
+    return vd_mmio_r(&(struct vdriver){ &vbus, &mem, bar }, off, len);
 }
 
 static int transport_setup(void **state)
@@ -278,14 +269,12 @@ static void driver_init(struct virtio_dev *v)
 
 static uint16_t used_idx(void)
 {
-    return __atomic_load_n((uint16_t *)(mem.hva + USED + 2), __ATOMIC_ACQUIRE);
+    return vd_used_idx(&mem, USED);
 }
 
 static void wait_used(uint16_t want)
 {
-    for (int i = 0; i < 2000 && used_idx() != want; i++)
-        usleep(1000);
-    assert_int_equal(used_idx(), want);
+    vd_wait_used(&mem, USED, want);
 }
 
 static void wait_status(struct virtio_dev *v, uint8_t bit)

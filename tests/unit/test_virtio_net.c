@@ -16,6 +16,7 @@
 #include "virtio/virtio.h"
 #include "virtio/virtio_net.h"
 #include "vm/memory.h"
+#include "vdriver.h"
 
 #define MEM_SIZE (1U << 20)
 #define QSIZE 16
@@ -34,40 +35,27 @@ static uint32_t features_lo = 1U << VIRTIO_NET_F_MAC | 1U << VIRTIO_NET_F_STATUS
 
 static void mmio_w(uint64_t off, uint64_t val, unsigned len)
 {
-    uint8_t d[8];
-
-    memcpy(d, &val, 8);
-    assert_true(virtio_mmio(&vbus, bar + off, d, len, true));
+    vd_mmio_w(&(struct vdriver){ &vbus, &mem, bar }, off, val, len);
 }
 
 static uint64_t mmio_r(uint64_t off, unsigned len)
 {
-    uint8_t d[8] = { 0 };
-    uint64_t v = 0;
-
-    assert_true(virtio_mmio(&vbus, bar + off, d, len, false));
-    memcpy(&v, d, len);
-    return v;
+    return vd_mmio_r(&(struct vdriver){ &vbus, &mem, bar }, off, len);
 }
 
 static void put_desc(uint64_t q, unsigned i, uint64_t addr, uint32_t len, uint16_t flags)
 {
-    struct { uint64_t addr; uint32_t len; uint16_t flags, next; } d = { addr, len, flags, 0 };
-
-    memcpy(mem.hva + q + 16 * i, &d, 16);
+    vd_put_desc(&mem, q, i, addr, len, flags, 0);
 }
 
 static void make_avail(uint64_t q, uint16_t head)
 {
-    uint16_t *a = (uint16_t *)(mem.hva + q + 0x1000);
-
-    a[2 + a[1] % QSIZE] = head;
-    __atomic_store_n(&a[1], (uint16_t)(a[1] + 1), __ATOMIC_RELEASE);
+    vd_make_avail(&mem, q + 0x1000, QSIZE, head);
 }
 
 static uint16_t used_idx(uint64_t q)
 {
-    return __atomic_load_n((uint16_t *)(mem.hva + q + 0x2000 + 2), __ATOMIC_ACQUIRE);
+    return vd_used_idx(&mem, q + 0x2000);
 }
 
 static uint32_t used_len(uint64_t q, unsigned slot)
@@ -77,9 +65,7 @@ static uint32_t used_len(uint64_t q, unsigned slot)
 
 static void wait_used(uint64_t q, uint16_t want)
 {
-    for (int i = 0; i < 2000 && used_idx(q) != want; i++)
-        usleep(1000);
-    assert_int_equal(used_idx(q), want);
+    vd_wait_used(&mem, q + 0x2000, want);
 }
 
 static void queue_init(unsigned q, uint64_t base)
