@@ -8,7 +8,11 @@ import secrets
 import socket
 import struct
 import subprocess
+import sys
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "guest"))
+import netprobe                                     # noqa: E402
 
 CLONE_NEWNET = 0x40000000
 HOST_IP = "10.99.0.1"
@@ -68,13 +72,7 @@ class NetNs:
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=10)
 
 
-def _csum(data):
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xffff) + (s >> 16)
-    return ~s & 0xffff
+_csum = netprobe.csum       # the Internet checksum, shared with the host probe
 
 
 class Pinger:
