@@ -34,10 +34,6 @@ static int mig_xfer_params(struct mig_params *p, json_int_t conns, const char *c
     if (!p->connections && (a != XC_NONE || delta))
         return snprintf(err, len, "compression and delta encoding need connections >= 1"),
                -EINVAL;
-    if (a != XC_NONE && !xc_algo_built(a == XC_AUTO ? XC_ZSTD : a))
-        return snprintf(err, len, "this ferry was built without %s", xc_algo_name(a)), -EINVAL;
-    if (delta && !xc_delta_built())
-        return snprintf(err, len, "this ferry was built without delta encoding"), -EINVAL;
     return 0;
 }
 

@@ -99,11 +99,11 @@ static int dst_check_caps(struct mig_dst *d, const struct stream_header *h, char
     if (conns && dst_disabled("connections"))
         return snprintf(msg, len, "destination does not support parallel connections "
                         "(asked for %u)", conns), -EPROTO;
-    if ((feat & MIG_CAP_LZ4) && (dst_disabled("lz4") || !xc_algo_built(XC_LZ4)))
+    if ((feat & MIG_CAP_LZ4) && dst_disabled("lz4"))
         return snprintf(msg, len, "destination does not support lz4 compression"), -EPROTO;
-    if ((feat & MIG_CAP_ZSTD) && (dst_disabled("zstd") || !xc_algo_built(XC_ZSTD)))
+    if ((feat & MIG_CAP_ZSTD) && dst_disabled("zstd"))
         return snprintf(msg, len, "destination does not support zstd compression"), -EPROTO;
-    if ((feat & MIG_CAP_DELTA) && (dst_disabled("delta") || !xc_delta_built()))
+    if ((feat & MIG_CAP_DELTA) && dst_disabled("delta"))
         return snprintf(msg, len, "destination does not support delta encoding"), -EPROTO;
     if (feat && !conns)
         return snprintf(msg, len, "compression and delta need data connections"), -EPROTO;

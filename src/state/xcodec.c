@@ -4,7 +4,6 @@
 
 #include <errno.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "codec/compress.h"
 #include "codec/delta.h"
@@ -19,21 +18,24 @@ struct xc_comp {
 };
 
 bool xc_zero(const void *page) { return zero_page_check(page); }
-bool xc_algo_built(enum xc_algo a) { return a <= XC_AUTO; }
-bool xc_delta_built(void) { return true; }
+
+/* enum xc_algo is enum compress_algo, value for value (the wire carries it). */
+_Static_assert((int)XC_LZ4 == (int)COMPRESS_LZ4 && (int)XC_ZSTD == (int)COMPRESS_ZSTD &&
+               (int)XC_AUTO == (int)COMPRESS_AUTO, "xc_algo and compress_algo differ");
 
 const char *xc_algo_name(enum xc_algo a)
 {
-    static const char *const names[] = { "none", "lz4", "zstd", "auto" };
-    return a <= XC_AUTO ? names[a] : "?";
+    return compress_name((enum compress_algo)a);
 }
 
 int xc_algo_parse(const char *s, enum xc_algo *a)
 {
-    for (int i = XC_NONE; i <= XC_AUTO; i++)
-        if (s && strcmp(s, xc_algo_name(i)) == 0)
-            return *a = i, 0;
-    return -EINVAL;
+    enum compress_algo c;
+    int ret = compress_parse(s, &c);
+
+    if (ret == 0)
+        *a = (enum xc_algo)c;
+    return ret;
 }
 
 struct xc_comp *xc_comp_new(void)

@@ -18,9 +18,6 @@ bool xc_zero(const void *page);
 const char *xc_algo_name(enum xc_algo a);
 /* "none", "lz4", "zstd", "auto"; -EINVAL otherwise. */
 int xc_algo_parse(const char *s, enum xc_algo *a);
-/* Which algorithms and features this build has. */
-bool xc_algo_built(enum xc_algo a);
-bool xc_delta_built(void);
 
 struct xc_comp *xc_comp_new(void);
 void xc_comp_free(struct xc_comp *c);
