@@ -24,14 +24,6 @@ enum { XJ_PAGES, XJ_ROUND, XJ_END };
 #define NS_PER_S 1000000000ULL
 #define XFER_PROBE_EVERY 16   /* auto: compress every 16th batch anyway, to measure */
 
-static uint64_t thread_cpu_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (uint64_t)ts.tv_sec * NS_PER_S + (uint64_t)ts.tv_nsec;
-}
-
 /* ---- queue (migration thread -> sender) ---- */
 
 static bool xfer_stopping(struct xfer_worker *w)

@@ -48,15 +48,13 @@ static void xd_count(struct xfer_dst_worker *w, uint64_t z0, uint64_t d0, uint64
                      uint64_t wire)
 {
     struct xfer_stats *st = &w->x->st;
-    struct timespec ts;
 
     __atomic_fetch_add(&st->pages_zero, w->ctx.zero - z0, __ATOMIC_RELAXED);
     __atomic_fetch_add(&st->pages_data, w->ctx.data - d0, __ATOMIC_RELAXED);
     __atomic_fetch_add(&st->pages_delta, w->ctx.delta - x0, __ATOMIC_RELAXED);
     __atomic_fetch_add(&st->bytes_wire, wire, __ATOMIC_RELAXED);
     __atomic_fetch_add(&st->batches, 1, __ATOMIC_RELAXED);
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    st->cpu_ns[w->idx] = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+    st->cpu_ns[w->idx] = thread_cpu_ns();
 }
 
 /* One record: 1 when the connection has ended, <0 on error. */

@@ -16,6 +16,8 @@
 
 /* Monotonic time in nanoseconds. */
 uint64_t time_now_ns(void);
+/* CPU time the calling thread has used, in nanoseconds. */
+uint64_t thread_cpu_ns(void);
 /* Reads a whole file into a malloc'd buffer; returns -errno. */
 int file_read_all(const char *path, uint8_t **buf, size_t *len);
 /* Writes all of buf to fd, retrying short writes; returns -errno. */

@@ -272,25 +272,17 @@ static bool vcpu_requests_pending(struct vm *vm)
  * (every 10 ms) interrupt the sleep; a pause or stop request ends it. */
 static void vcpu_sleep(struct vcpu *vcpu, uint64_t ns)
 {
-    struct timespec end, t0;
-    uint64_t start;
+    uint64_t start = time_now_ns(), until = start + ns;   /* CLOCK_MONOTONIC */
+    struct timespec end = { .tv_sec = (time_t)(until / 1000000000ULL),
+                            .tv_nsec = (long)(until % 1000000000ULL) };
 
-    clock_gettime(CLOCK_MONOTONIC, &end);
-    t0 = end;
-    start = (uint64_t)t0.tv_sec * 1000000000ULL + (uint64_t)t0.tv_nsec;
-    ns += (uint64_t)end.tv_nsec;
-    end.tv_sec += (time_t)(ns / 1000000000ULL);
-    end.tv_nsec = (long)(ns % 1000000000ULL);
     while (!vcpu_requests_pending(vcpu->vm) &&
            clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &end, NULL) == EINTR)
         ;
     /* the kicks that came meanwhile must not make the next entry exit at once;
      * a pause request is checked after this */
     vcpu->run->immediate_exit = 0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    __atomic_fetch_add(&vcpu->throttled_ns,
-                       (uint64_t)t0.tv_sec * 1000000000ULL + (uint64_t)t0.tv_nsec - start,
-                       __ATOMIC_RELAXED);
+    __atomic_fetch_add(&vcpu->throttled_ns, time_now_ns() - start, __ATOMIC_RELAXED);
 }
 
 static void *vcpu_thread(void *arg)
