@@ -86,6 +86,11 @@ struct virtio_dev_ops {
     int (*walk)(struct state_walker *w, struct virtio_dev *vdev);
     /* Optional: fields for GET /v1/vm's device entry (a json_t object). */
     void (*describe)(struct virtio_dev *vdev, void *json_obj);
+    /* Optional: the VM stops (worker parked) / is about to run (before the
+     * queues are kicked): a device leaves or joins its outside world, e.g.
+     * a tap shared with a migration peer on the same host. */
+    void (*pause)(struct virtio_dev *vdev);
+    void (*resume)(struct virtio_dev *vdev);
 };
 
 typedef void (*virtio_watch_fn)(struct virtio_dev *vdev, int fd, void *arg);

@@ -338,6 +338,8 @@ int virtio_bus_start(struct virtio_bus *bus, bool paused)
     for (unsigned i = 0; i < bus->n && ret == 0; i++) {
         struct virtio_dev *v = bus->dev[i];
 
+        if (!paused && v->ops->resume)
+            v->ops->resume(v);
         ret = virtio_dev_arm(v);
         v->pause_req = paused ? 1 : 0;
         if (ret == 0)
@@ -354,8 +356,13 @@ void virtio_bus_pause(struct virtio_bus *bus)
     if (bus->paused)
         return;
     bus->paused = true;
-    for (unsigned i = 0; i < bus->n; i++)
-        virtio_dev_park(bus->dev[i]);
+    for (unsigned i = 0; i < bus->n; i++) {
+        struct virtio_dev *v = bus->dev[i];
+
+        virtio_dev_park(v);
+        if (v->ops->pause)
+            v->ops->pause(v);
+    }
 }
 
 void virtio_bus_resume(struct virtio_bus *bus)
@@ -363,8 +370,13 @@ void virtio_bus_resume(struct virtio_bus *bus)
     if (!bus->paused)
         return;
     bus->paused = false;
-    for (unsigned i = 0; i < bus->n; i++)
-        virtio_dev_unpark(bus->dev[i]);
+    for (unsigned i = 0; i < bus->n; i++) {
+        struct virtio_dev *v = bus->dev[i];
+
+        if (v->ops->resume)
+            v->ops->resume(v);
+        virtio_dev_unpark(v);
+    }
 }
 
 void virtio_bus_stop(struct virtio_bus *bus)

@@ -311,12 +311,17 @@ static void net_describe(struct virtio_dev *vdev, void *obj)
 #undef NET_STAT
 }
 
+static void net_pause(struct virtio_dev *vdev);
+static void net_resume(struct virtio_dev *vdev);
+
 static const struct virtio_dev_ops net_ops = {
     .queue_notify = net_queue_notify,
     .activate = net_activate,
     .reset = net_reset,
     .walk = net_walk,
     .describe = net_describe,
+    .pause = net_pause,
+    .resume = net_resume,
 };
 
 static uint64_t net_features(const struct tap *t)
@@ -372,8 +377,10 @@ int virtio_net_add(struct virtio_bus *bus, struct virtio_net *n, unsigned index,
     return ret;
 }
 
-void virtio_net_pause(struct virtio_net *n)
+/* The tap takes part in traffic only while the VM runs (docs/MIGRATION.md). */
+static void net_pause(struct virtio_dev *vdev)
 {
+    struct virtio_net *n = vdev->priv;
     uint64_t left = 0;
 
     if (!n->tap.attached)
@@ -406,8 +413,9 @@ static void net_announce(struct virtio_net *n)
         log_warn("%s: announcing %02x:..:%02x failed", n->vdev.name, n->mac[0], n->mac[5]);
 }
 
-void virtio_net_resume(struct virtio_net *n)
+static void net_resume(struct virtio_dev *vdev)
 {
+    struct virtio_net *n = vdev->priv;
     uint64_t drops;
 
     if (n->tap.attached || tap_attach(&n->tap, true) < 0)

@@ -65,8 +65,6 @@ int virtio_net_register(struct virtio_bus *bus, struct virtio_net *net, unsigned
                         const uint8_t mac[NET_MAC_LEN]);
 /* The VM stops/starts running: leave/join the tap's traffic, so a second ferry on this
  * host (a migration destination) can take it over. */
-void virtio_net_pause(struct virtio_net *net);
-void virtio_net_resume(struct virtio_net *net);
 void virtio_net_close(struct virtio_net *net);
 
 #endif

@@ -268,14 +268,6 @@ int vm_create(struct vm *vm, const struct vm_config *cfg)
     return ret;
 }
 
-/* Taps take part in traffic only while the VM runs (docs/MIGRATION.md). */
-static void vm_net_run(struct vm *vm, bool run)
-{
-    for (unsigned i = 0; i < NET_MAX_DEVICES; i++)
-        if (vm->net[i].vdev.ops)
-            (run ? virtio_net_resume : virtio_net_pause)(&vm->net[i]);
-}
-
 int vm_start(struct vm *vm, bool paused)
 {
     int ret = vcpu_signals_init();
@@ -287,8 +279,6 @@ int vm_start(struct vm *vm, bool paused)
     vm->state = paused ? VM_PAUSED : VM_RUNNING;
     vm->pause_req = paused;
     vm->paused_since_ns = vm->start_ns;
-    if (ret == 0 && !paused)
-        vm_net_run(vm, true);
     if (ret == 0)
         ret = virtio_bus_start(&vm->virtio, paused);
     for (unsigned i = 0; ret == 0 && i < vm->ncpus; i++)
@@ -414,10 +404,8 @@ int vm_pause(struct vm *vm)
     if (!vm->stop_req)
         vm_clock_freeze(vm);
     pthread_mutex_unlock(&vm->lock);
-    if (!vm->stop_req) {
+    if (!vm->stop_req)
         virtio_bus_pause(&vm->virtio);   /* in-flight device requests finish first */
-        vm_net_run(vm, false);
-    }
     return vm->stop_req ? -ESHUTDOWN : 0;
 }
 
@@ -429,7 +417,6 @@ int vm_resume(struct vm *vm)
         return -EBUSY;
     }
     vm_clock_thaw(vm);
-    vm_net_run(vm, true);
     virtio_bus_resume(&vm->virtio);
     __atomic_store_n(&vm->pause_req, false, __ATOMIC_RELEASE);
     vm->state = VM_RUNNING;
