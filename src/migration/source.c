@@ -315,8 +315,6 @@ int src_wait_round_ack(struct mig_src *s)
     return ret < 0 ? src_fail(s, ret, "waiting for the destination: %.200s", why) : 0;
 }
 
-/* One round: copy (round 1: all; later: the dirty set), then sync the log
- * and ask the policy. Returns the policy's action. */
 /* Dirty ring: what each vCPU dirtied during the round, per second. */
 static void src_vcpu_rates(struct mig_src *s, struct mig_round *r)
 {
@@ -358,6 +356,8 @@ static uint64_t src_round_link_bytes(struct mig_src *s, uint64_t normal, uint64_
     return wire;
 }
 
+/* One round: copy (round 1: all; later: the dirty set), then sync the log
+ * and ask the policy. Returns the policy's action. */
 static int src_round(struct mig_src *s, unsigned round, struct policy_decision *d)
 {
     uint64_t n0, z0, bytes0, n1, z1, bytes1;
