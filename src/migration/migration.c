@@ -304,6 +304,8 @@ json_t *mig_status_json(struct migration *m)
                   "throttle_pct", (int)m->throttle, "throttle_max_pct", (int)m->throttle_max,
                   "total_ms", (json_int_t)(mig_elapsed(m) / 1000000),
                   "downtime", downtime_json(&m->downtime), "rounds", rounds);
+    json_object_set_new(j, "stop_retries", json_integer(m->stop_retries));
+    json_object_set_new(j, "stop_retry_ms", json_real(m->stop_retry_ns / 1e6));
     if (m->xconns) {
         const struct xfer_stats *x = m->xlive ? m->xlive : &m->xs;
         json_object_set_new(j, "bytes", json_integer(

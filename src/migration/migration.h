@@ -132,6 +132,8 @@ struct migration {
     uint64_t start_ns;
     uint64_t total_ns;
     struct mig_downtime downtime;
+    unsigned stop_retries;       /* pauses undone because the rest would not fit */
+    uint64_t stop_retry_ns;      /* what those pauses cost the guest in all */
     /* post-copy */
     bool postcopy_req;           /* migrate-postcopy: switch at the next chance */
     bool abort_req;              /* migrate-abort in post-copy: give the VM up */

@@ -32,6 +32,22 @@ uint64_t policy_expected_downtime(const struct policy_input *in)
     return (uint64_t)transfer + in->fixed_cost_ns;
 }
 
+uint64_t policy_budget_ns(const struct policy_config *c)
+{
+    return c->downtime_limit_ns - c->downtime_limit_ns / 100 * POLICY_HEADROOM_PCT;
+}
+
+bool policy_stop_fits(const struct policy_config *c, const struct policy_input *in,
+                      uint64_t stopped_ns)
+{
+    struct policy_input now = *in;
+    uint64_t budget = policy_budget_ns(c), rest;
+
+    now.stop_latency_ns = 0;
+    rest = policy_expected_downtime(&now);
+    return stopped_ns <= budget && rest <= budget - stopped_ns;
+}
+
 /* Not converging: this round dirtied at least half of what it sent, so the
  * next one will not be much smaller. */
 static bool policy_stalled(const struct policy_input *in)
@@ -69,7 +85,7 @@ struct policy_decision policy_decide(const struct policy_config *c,
 {
     struct policy_decision d = { POLICY_CONTINUE, in->throttle, policy_expected_downtime(in) };
 
-    if (in->round >= 1 && d.expected_downtime_ns <= c->downtime_limit_ns)
+    if (in->round >= 1 && d.expected_downtime_ns <= policy_budget_ns(c))
         d.action = policy_settle(c, in) ? POLICY_CONTINUE : POLICY_SWITCHOVER;
     else if (c->max_time_ns && in->elapsed_ns >= c->max_time_ns)
         d.action = c->on_timeout == ON_TIMEOUT_FORCE ? POLICY_FORCE : POLICY_FAIL;

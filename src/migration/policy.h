@@ -47,6 +47,16 @@ struct policy_decision {
 
 void policy_defaults(struct policy_config *c);
 uint64_t policy_expected_downtime(const struct policy_input *in);
+/* What the policy aims at: the limit less POLICY_HEADROOM_PCT, because the
+ * link rate and the stop's fixed cost are estimates. */
+#define POLICY_HEADROOM_PCT 10
+uint64_t policy_budget_ns(const struct policy_config *c);
+/* Checked once the vCPUs are paused and the dirty log synced, so with the
+ * exact number of pages (in->dirty_pages; nothing more gets dirtied):
+ * does the rest of the stop still fit the budget after the stopped_ns it
+ * has already taken? If not, the source resumes the VM and goes on. */
+bool policy_stop_fits(const struct policy_config *c, const struct policy_input *in,
+                      uint64_t stopped_ns);
 struct policy_decision policy_decide(const struct policy_config *c,
                                      const struct policy_input *in);
 const char *policy_action_name(enum policy_action a);

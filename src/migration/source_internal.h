@@ -30,6 +30,8 @@ struct mig_src {
     uint64_t throttled0[64];    /* each vCPU's throttled time before this migration */
     bool xon;
     uint64_t bw_bps;            /* best estimate of the link */
+    unsigned round;             /* pre-copy rounds done */
+    uint64_t stop_extra_ns;     /* learnt from stops that did not fit: added to the fixed cost */
     bool paused;                /* by this migration */
     bool was_paused;            /* by the user, before the switchover */
     bool op_locked;

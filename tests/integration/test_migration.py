@@ -81,7 +81,23 @@ def test_max_rate_converges_with_auto_converge(vm_factory):
     rc, rep, err = migrate(src, uri, "--auto-converge", "--max-time", "100")
     assert rc == 0, err
     assert rep["throttle_max_pct"] > 0, "auto-converge never throttled"
-    assert rep["downtime"]["total_ms"] <= 300
+    assert rep["downtime"]["total_ms"] <= rep["params"]["downtime_limit_ms"] == 300
+    assert src.wait_exit(20) == 0
+    assert_runs_on(src, dst)
+
+
+def test_slow_stop_is_undone_and_retried(vm_factory, monkeypatch):
+    # The first pause takes 120 ms (as on a host whose CPUs are all busy):
+    # with a 100 ms limit the rest cannot fit, so the source resumes the VM,
+    # copies on and stops again later, within the limit.
+    monkeypatch.setenv("FERRY_TEST_SLOW_STOP_MS", "120")
+    src = source(vm_factory, cmdline="dirtier.mib=64 dirtier.rate=5000")
+    dst, uri = destination(vm_factory)
+    rc, rep, err = migrate(src, uri, "--downtime-ms", "100")
+    assert rc == 0, err
+    assert rep["stop_retries"] == 1, rep
+    assert rep["stop_retry_ms"] >= 120
+    assert rep["downtime"]["total_ms"] <= 100
     assert src.wait_exit(20) == 0
     assert_runs_on(src, dst)
 

@@ -46,9 +46,10 @@ static void test_switchover_when_it_fits(void **state)
     d = policy_decide(&c, &in);
     assert_int_equal(d.action, POLICY_SWITCHOVER);
     assert_int_equal(d.expected_downtime_ns, 105 * MS);
-    c.downtime_limit_ns = 100 * MS;                     /* 105 > 100: one more round */
+    c.downtime_limit_ns = 110 * MS;                     /* 105 > 99, the budget */
+    assert_int_equal(policy_budget_ns(&c), 99 * MS);
     assert_int_equal(policy_decide(&c, &in).action, POLICY_CONTINUE);
-    c.downtime_limit_ns = 105 * MS;                     /* exactly the limit fits */
+    c.downtime_limit_ns = 116666667;                    /* budget 105 ms: fits exactly */
     assert_int_equal(policy_decide(&c, &in).action, POLICY_SWITCHOVER);
     in.round = 0;                                       /* never before the full copy */
     assert_int_equal(policy_decide(&c, &in).action, POLICY_CONTINUE);
@@ -72,6 +73,26 @@ static void test_settle(void **state)
     in.dirty_pages = 25600;                             /* 1 s round: too long to settle */
     c.downtime_limit_ns = 2000 * MS;
     assert_int_equal(policy_decide(&c, &in).action, POLICY_SWITCHOVER);
+}
+
+/* At the pause: the exact page count and the time stopping already took. */
+static void test_stop_fits(void **state)
+{
+    struct policy_config c;
+    struct policy_input in = input(2560, 100 * MIB);    /* 100 ms of pages + 5 ms */
+
+    (void)state;
+    policy_defaults(&c);                                /* budget 270 ms */
+    in.dirty_rate_pps = 1000000;                        /* ignored: nothing dirties now */
+    in.stop_latency_ns = 100 * MS;
+    assert_true(policy_stop_fits(&c, &in, 0));
+    assert_true(policy_stop_fits(&c, &in, 165 * MS));   /* 165 + 105 = 270 */
+    assert_false(policy_stop_fits(&c, &in, 166 * MS));
+    assert_false(policy_stop_fits(&c, &in, 400 * MS));  /* no wrap-around */
+    in.dirty_pages = 6000;                              /* 234 ms + 5 > 270 - 40 */
+    assert_false(policy_stop_fits(&c, &in, 40 * MS));
+    in.bandwidth_bps = 0;                               /* unknown link: never fits */
+    assert_false(policy_stop_fits(&c, &in, 0));
 }
 
 static void test_max_time(void **state)
@@ -161,6 +182,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_expected_downtime),
+        cmocka_unit_test(test_stop_fits),
         cmocka_unit_test(test_switchover_when_it_fits),
         cmocka_unit_test(test_settle),
         cmocka_unit_test(test_max_time),
