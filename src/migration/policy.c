@@ -41,18 +41,19 @@ bool policy_stop_fits(const struct policy_config *c, const struct policy_input *
                       uint64_t stopped_ns)
 {
     struct policy_input now = *in;
-    uint64_t budget = policy_budget_ns(c), rest;
+    uint64_t limit = c->downtime_limit_ns, rest;
 
     now.stop_latency_ns = 0;
     rest = policy_expected_downtime(&now);
-    return stopped_ns <= budget && rest <= budget - stopped_ns;
+    return stopped_ns <= limit && rest <= limit - stopped_ns;
 }
 
 /* Not converging: this round dirtied at least half of what it sent, so the
- * next one will not be much smaller. */
+ * next one will not be much smaller. (A round that had nothing to send says
+ * nothing: it only follows a stop that was undone.) */
 static bool policy_stalled(const struct policy_input *in)
 {
-    return in->round >= 2 && in->dirty_pages * 2 >= in->last_round_sent;
+    return in->round >= 2 && in->last_round_sent && in->dirty_pages * 2 >= in->last_round_sent;
 }
 
 static unsigned policy_next_throttle(const struct policy_config *c, unsigned now)

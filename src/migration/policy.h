@@ -52,9 +52,12 @@ uint64_t policy_expected_downtime(const struct policy_input *in);
 #define POLICY_HEADROOM_PCT 10
 uint64_t policy_budget_ns(const struct policy_config *c);
 /* Checked once the vCPUs are paused and the dirty log synced, so with the
- * exact number of pages (in->dirty_pages; nothing more gets dirtied):
- * does the rest of the stop still fit the budget after the stopped_ns it
- * has already taken? If not, the source resumes the VM and goes on. */
+ * exact number of pages (in->dirty_pages; nothing more gets dirtied) and
+ * in->fixed_cost_ns what is left after the pause (state, apply, resume):
+ * does the stop still fit the limit after the stopped_ns it has already
+ * taken? The decision had the budget's headroom for its estimates; this
+ * catches what it could not see (a slow pause, a burst of writes). If not,
+ * the source resumes the VM and goes on. */
 bool policy_stop_fits(const struct policy_config *c, const struct policy_input *in,
                       uint64_t stopped_ns);
 struct policy_decision policy_decide(const struct policy_config *c,

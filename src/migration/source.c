@@ -22,7 +22,9 @@
 #include "vm/vm.h"
 
 #define SRC_CONNECT_MS     10000
-#define SRC_FIXED_COST_NS  (5ULL * 1000000)
+#define SRC_FIXED_COST_NS  (5ULL * 1000000)   /* pause, state, apply, resume */
+#define SRC_RESUME_COST_NS (3ULL * 1000000)   /* the same less the pause */
+#define SRC_MASK_ROUND_NS  (20ULL * 1000000)  /* shorter rounds' per-vCPU rates are noise */
 #define SRC_STOP_LATENCY   (1ULL * 1000000)
 #define SRC_DEFAULT_BW     (100ULL << 20)
 #define NS_PER_S           1000000000ULL
@@ -380,6 +382,7 @@ static int src_round(struct mig_src *s, unsigned round, struct policy_decision *
     if (dirty < 0)
         return src_fail(s, (int)dirty, "%.200s", s->err[0] ? s->err : "dirty log sync failed");
     r.duration_ns = time_now_ns() - t0;
+    s->last_round_ns = r.duration_ns;
     src_totals(s, &n1, &z1, &bytes1);
     r.pages = n1 - n0;
     r.zero = z1 - z0;
@@ -421,6 +424,27 @@ static bool src_want_postcopy(struct mig_src *s, unsigned round, const struct po
     return round >= 2 && r && r->dirty_pages * 2 >= r->pages + r->zero;
 }
 
+/* Dirty ring: only the vCPUs that dirty memory are throttled. A throttled
+ * vCPU's rate is scaled back up by its throttle, or the others' small rates
+ * would look like a fair share once it is slowed down; a very short round's
+ * rates are noise, and then the last choice stands. */
+static void src_choose_throttled(struct mig_src *s)
+{
+    struct migration *m = s->m;
+    uint64_t rates[DIRTY_MAX_RINGS], mask = 0;
+    unsigned n = MIN(s->dirty.nrings, DIRTY_MAX_RINGS);
+
+    for (unsigned v = 0; v < n; v++) {
+        bool slowed = m->throttle && (!m->throttle_mask || (m->throttle_mask >> v & 1));
+        rates[v] = slowed ? m->vcpu_pps[v] * 100 / (100 - m->throttle) : m->vcpu_pps[v];
+    }
+    if (s->last_round_ns >= SRC_MASK_ROUND_NS)
+        mask = policy_throttle_mask(rates, n);
+    if (mask)
+        m->throttle_mask = mask;
+    throttle_set_mask(s->vm, m->throttle_mask);
+}
+
 static int src_precopy(struct mig_src *s, bool *forced, bool *postcopy)
 {
     struct policy_decision d = { 0 };
@@ -443,13 +467,8 @@ static int src_precopy(struct mig_src *s, bool *forced, bool *postcopy)
         case POLICY_FAIL:
             return src_fail(s, -ETIMEDOUT, "%.200s", "did not converge within --max-time");
         case POLICY_THROTTLE:
-            if (s->dirty.nrings) {   /* only the vCPUs that dirty memory */
-                uint64_t mask = policy_throttle_mask(s->m->vcpu_pps, s->dirty.nrings);
-                /* a throttled round dirties little: too little to choose again */
-                if (mask)
-                    s->m->throttle_mask = mask;
-                throttle_set_mask(s->vm, s->m->throttle_mask);
-            }
+            if (s->dirty.nrings)
+                src_choose_throttled(s);
             s->m->throttle = d.throttle;
             s->m->throttle_max = MAX(s->m->throttle_max, d.throttle);
             throttle_set(s->vm, d.throttle);
@@ -497,13 +516,13 @@ int src_stop_vm(struct mig_src *s)
 }
 
 /* Once paused, with the exact page count: if the rest of the stop would
- * not fit, resume and go on copying, so the limit holds although the rate
+ * not fit, resume and go on copying, so the limit holds although the pause
  * and dirtying estimates behind the decision can be off. The overshoot is
  * added to later estimates, so the next attempt waits until it fits. */
 static bool src_stop_fits(struct mig_src *s, int64_t pages, uint64_t stopped_ns)
 {
     struct policy_input in = { .dirty_pages = (uint64_t)pages, .bandwidth_bps = s->bw_bps,
-                               .fixed_cost_ns = SRC_FIXED_COST_NS + s->stop_extra_ns };
+                               .fixed_cost_ns = SRC_RESUME_COST_NS };
     uint64_t projected = stopped_ns + policy_expected_downtime(&in);
 
     if (policy_stop_fits(&s->m->params.policy, &in, stopped_ns))

@@ -31,6 +31,7 @@ struct mig_src {
     bool xon;
     uint64_t bw_bps;            /* best estimate of the link */
     unsigned round;             /* pre-copy rounds done */
+    uint64_t last_round_ns;
     uint64_t stop_extra_ns;     /* learnt from stops that did not fit: added to the fixed cost */
     bool paused;                /* by this migration */
     bool was_paused;            /* by the user, before the switchover */

@@ -82,14 +82,14 @@ static void test_stop_fits(void **state)
     struct policy_input in = input(2560, 100 * MIB);    /* 100 ms of pages + 5 ms */
 
     (void)state;
-    policy_defaults(&c);                                /* budget 270 ms */
+    policy_defaults(&c);                                /* limit 300 ms */
     in.dirty_rate_pps = 1000000;                        /* ignored: nothing dirties now */
     in.stop_latency_ns = 100 * MS;
     assert_true(policy_stop_fits(&c, &in, 0));
-    assert_true(policy_stop_fits(&c, &in, 165 * MS));   /* 165 + 105 = 270 */
-    assert_false(policy_stop_fits(&c, &in, 166 * MS));
+    assert_true(policy_stop_fits(&c, &in, 195 * MS));   /* 195 + 105 = 300 */
+    assert_false(policy_stop_fits(&c, &in, 196 * MS));
     assert_false(policy_stop_fits(&c, &in, 400 * MS));  /* no wrap-around */
-    in.dirty_pages = 6000;                              /* 234 ms + 5 > 270 - 40 */
+    in.dirty_pages = 7000;                              /* 273 ms + 5 > 300 - 40 */
     assert_false(policy_stop_fits(&c, &in, 40 * MS));
     in.bandwidth_bps = 0;                               /* unknown link: never fits */
     assert_false(policy_stop_fits(&c, &in, 0));
@@ -133,6 +133,9 @@ static void test_auto_converge_steps(void **state)
     assert_int_equal(policy_decide(&c, &in).action, POLICY_CONTINUE);
     in.throttle = 20;
     in.dirty_pages = 30000;                             /* converging: no more throttle */
+    assert_int_equal(policy_decide(&c, &in).action, POLICY_CONTINUE);
+    in.dirty_pages = 80000;
+    in.last_round_sent = 0;                             /* an empty round is no stall */
     assert_int_equal(policy_decide(&c, &in).action, POLICY_CONTINUE);
 }
 
