@@ -25,6 +25,8 @@
 #define SRC_FIXED_COST_NS  (5ULL * 1000000)   /* pause, state, apply, resume */
 #define SRC_RESUME_COST_NS (3ULL * 1000000)   /* the same less the pause */
 #define SRC_MASK_ROUND_NS  (20ULL * 1000000)  /* shorter rounds' per-vCPU rates are noise */
+#define SRC_EXTRA_HALF_NS  (250ULL * 1000000)
+#define SRC_BACKOFF_ROUND_NS (10ULL * 1000000)  /* rounds at least this long while backing off */
 #define SRC_STOP_LATENCY   (1ULL * 1000000)
 #define SRC_DEFAULT_BW     (100ULL << 20)
 #define NS_PER_S           1000000000ULL
@@ -359,6 +361,25 @@ static uint64_t src_round_link_bytes(struct mig_src *s, uint64_t normal, uint64_
     return wire;
 }
 
+/* What a stop that did not fit overshot its estimate, added to the fixed
+ * cost of later decisions: halved every SRC_EXTRA_HALF_NS, so a one-off slow
+ * pause is forgotten and a lasting one is tried again only now and then
+ * (each undone stop costs the guest a pause; doubled when one follows). */
+static uint64_t src_stop_extra(const struct mig_src *s)
+{
+    uint64_t halvings = s->stop_extra_ns ? (time_now_ns() - s->undone_ns) / SRC_EXTRA_HALF_NS : 0;
+
+    return halvings >= 64 ? 0 : s->stop_extra_ns >> halvings;
+}
+
+/* After an undone stop the next one waits for src_stop_extra() to decay;
+ * rounds with next to nothing to send would spin meanwhile. */
+static void src_backoff(struct mig_src *s)
+{
+    if (s->last_round_ns < SRC_BACKOFF_ROUND_NS && src_stop_extra(s))
+        usleep((useconds_t)((SRC_BACKOFF_ROUND_NS - s->last_round_ns) / 1000));
+}
+
 /* One round: copy (round 1: all; later: the dirty set), then sync the log
  * and ask the policy. Returns the policy's action. */
 static int src_round(struct mig_src *s, unsigned round, struct policy_decision *d)
@@ -370,6 +391,7 @@ static int src_round(struct mig_src *s, unsigned round, struct policy_decision *
     int64_t dirty;
     int ret;
 
+    src_backoff(s);   /* inside the round: its dirty rate stays true */
     src_totals(s, &n0, &z0, &bytes0);
     ret = round == 1 ? src_round_full(s) : src_send_dirty(s, true);
     if (ret == 0 && s->xon && (ret = xfer_round_end(&s->x, round)) < 0)
@@ -396,11 +418,11 @@ static int src_round(struct mig_src *s, unsigned round, struct policy_decision *
         .round = round, .elapsed_ns = time_now_ns() - s->m->start_ns,
         .dirty_pages = r.dirty_pages, .bandwidth_bps = s->bw_bps,
         .dirty_rate_pps = r.dirty_rate_pps,
-        .fixed_cost_ns = SRC_FIXED_COST_NS + s->stop_extra_ns, .stop_latency_ns = SRC_STOP_LATENCY, .last_round_sent = r.pages + r.zero,
+        .fixed_cost_ns = SRC_FIXED_COST_NS + src_stop_extra(s),
+        .stop_latency_ns = SRC_STOP_LATENCY, .last_round_sent = r.pages + r.zero,
         .throttle = s->m->throttle,
     };
     *d = policy_decide(&s->m->params.policy, &in);
-    s->stop_extra_ns /= 2;   /* a slow stop may have been a one-off: forget it by degrees */
     r.expected_downtime_ns = d->expected_downtime_ns;
     src_record_round(s, &r);
     return 0;
@@ -517,18 +539,19 @@ int src_stop_vm(struct mig_src *s)
 
 /* Once paused, with the exact page count: if the rest of the stop would
  * not fit, resume and go on copying, so the limit holds although the pause
- * and dirtying estimates behind the decision can be off. The overshoot is
- * added to later estimates, so the next attempt waits until it fits. */
+ * and dirtying estimates behind the decision can be off (src_stop_extra). */
 static bool src_stop_fits(struct mig_src *s, int64_t pages, uint64_t stopped_ns)
 {
     struct policy_input in = { .dirty_pages = (uint64_t)pages, .bandwidth_bps = s->bw_bps,
                                .fixed_cost_ns = SRC_RESUME_COST_NS };
-    uint64_t projected = stopped_ns + policy_expected_downtime(&in);
+    uint64_t projected = stopped_ns + policy_expected_downtime(&in), extra;
 
     if (policy_stop_fits(&s->m->params.policy, &in, stopped_ns))
         return true;
-    if (projected > s->m->expected_downtime_ns)
-        s->stop_extra_ns = MAX(s->stop_extra_ns, projected - s->m->expected_downtime_ns);
+    extra = src_stop_extra(s);   /* already in the estimate that was overshot */
+    s->stop_extra_ns = MAX(2 * extra, extra + (projected > s->m->expected_downtime_ns ?
+                                               projected - s->m->expected_downtime_ns : 0));
+    s->undone_ns = time_now_ns();
     log_info("migration: %lld pages left at the pause would stop the VM ~%llu ms "
              "(limit %llu ms): resuming and copying on", (long long)pages,
              (unsigned long long)(projected / 1000000),

@@ -32,7 +32,8 @@ struct mig_src {
     uint64_t bw_bps;            /* best estimate of the link */
     unsigned round;             /* pre-copy rounds done */
     uint64_t last_round_ns;
-    uint64_t stop_extra_ns;     /* learnt from stops that did not fit: added to the fixed cost */
+    uint64_t stop_extra_ns;     /* learnt from stops that did not fit: src_stop_extra() */
+    uint64_t undone_ns;         /* when the last one was undone */
     bool paused;                /* by this migration */
     bool was_paused;            /* by the user, before the switchover */
     bool op_locked;
