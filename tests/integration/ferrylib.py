@@ -22,9 +22,16 @@ SAN_ENV = {
 SAN_MARKERS = ("AddressSanitizer", "LeakSanitizer", "runtime error:", "UndefinedBehaviorSanitizer")
 
 
+def hb_line(seq=None):
+    """A whole heartbeat line (number seq, or any): waiting for less can
+    match a line the guest is still writing."""
+    num = r"\d+" if seq is None else str(seq)
+    return r"^HB " + num + r" \d+ \d+[ \t\r]*\n"
+
+
 def heartbeats_in(text):
     return [tuple(int(x) for x in m) for m in
-            re.findall(r"^HB (\d+) (\d+) (\d+)\s*$", text, re.M)]
+            re.findall(r"^HB (\d+) (\d+) (\d+)[ \t\r]*\n", text, re.M)]
 
 
 def assert_continues(before, after):

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from ferrylib import assert_continues, free_port, migrate, run_cli, wait_listening
+from ferrylib import assert_continues, free_port, hb_line, migrate, run_cli, wait_listening
 
 
 def source(vm_factory, memory=1024, cpus=2, cmdline="dirtier.mib=64"):
@@ -36,13 +36,13 @@ def assert_runs_on(src, dst, verifies=1):
     pos = 0
     for _ in range(verifies):
         pos = dst.wait_for(r"^VERIFY ok", timeout=15, start=pos).end()
-    dst.wait_for(r"^HB \d+ ", timeout=15)
+    dst.wait_for(hb_line(), timeout=15)
     assert_continues(src.console.refresh(), dst.console.refresh())
 
 
 def assert_still_running(vm):
     seq = last_seq(vm)
-    vm.wait_for(rf"^HB {seq + 2} ", timeout=10)
+    vm.wait_for(hb_line(seq + 2), timeout=10)
     assert vm.api("GET", "/v1/vm")[1]["state"] == "running"
 
 

@@ -4,7 +4,7 @@ migration must verify the guest's memory on the destination and keep its
 heartbeat going; the report's counters must tell what each technique did."""
 import pytest
 
-from ferrylib import assert_continues, free_port, migrate, wait_listening
+from ferrylib import assert_continues, free_port, hb_line, migrate, wait_listening
 
 DIRTIER = "dirtier.mib=64 dirtier.rate=20000"
 
@@ -36,7 +36,7 @@ def migrate_ok(vm_factory, *opts, cmdline=DIRTIER):
     assert rep["state"] == "completed"
     assert src.wait_exit(20) == 0
     dst.wait_for(r"^VERIFY ok", timeout=15)
-    dst.wait_for(r"^HB \d+ ", timeout=15)
+    dst.wait_for(hb_line(), timeout=15)
     assert_continues(src.console.refresh(), dst.console.refresh())
     status, drep = dst.api("GET", "/v1/migration")
     assert status == 200 and drep["state"] == "running"
@@ -127,7 +127,7 @@ def test_destination_refuses_unsupported(vm_factory, monkeypatch, disable, opts,
     assert dst.wait_exit(10) != 0
     assert message in dst.stderr_text()
     seq = src.heartbeats()[-1][0]
-    src.wait_for(rf"^HB {seq + 2} ", timeout=10)
+    src.wait_for(hb_line(seq + 2), timeout=10)
     assert src.api("GET", "/v1/vm")[1]["state"] == "running"
 
 
@@ -162,7 +162,7 @@ def test_dirty_ring_throttles_only_the_dirtying_vcpu(vm_factory):
     assert rc == 0, err
     assert src.wait_exit(20) == 0
     dst.wait_for(r"^VERIFY ok", timeout=15)
-    dst.wait_for(r"^HB \d+ ", timeout=15)
+    dst.wait_for(hb_line(), timeout=15)
     assert_continues(src.console.refresh(), dst.console.refresh())
     assert rep["params"]["dirty_track"] == "ring" and rep["transfer"]["dirty_track"] == "ring"
     assert rep["throttle_max_pct"] >= 20, rep["rounds"]

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from ferrylib import Vm, assert_continues, parse_stream, reseal, run_cli, sections
+from ferrylib import Vm, assert_continues, hb_line, parse_stream, reseal, run_cli, sections
 
 
 def take_snapshot(vm, path, *extra):
@@ -42,7 +42,7 @@ def test_snapshot_restore_continues(busy_vm, vm_factory, tmp_path):
 
     new = restore(vm_factory, snap)
     new.wait_for(r"^VERIFY ok", timeout=10)
-    new.wait_for(r"^HB \d+ ", timeout=10)
+    new.wait_for(hb_line(), timeout=10)
     # Next heartbeat number, guest time never backwards (lines cut at the
     # pause are finished by the restored guest).
     assert_continues(busy_vm.console.refresh(), new.console.refresh())
@@ -59,7 +59,7 @@ def test_snapshot_with_resume_keeps_running(busy_vm, tmp_path):
     take_snapshot(busy_vm, tmp_path / "a.snap", "--resume")
     assert busy_vm.api("GET", "/v1/vm")[1]["state"] == "running"
     seq = last_hb(busy_vm)[0]
-    busy_vm.wait_for(rf"^HB {seq + 2} ", timeout=5)
+    busy_vm.wait_for(hb_line(seq + 2), timeout=5)
     assert not os.path.exists(str(tmp_path / "a.snap") + ".partial")
 
 
@@ -99,7 +99,7 @@ def test_restore_busy_20_times(vm_factory, tmp_path):
     for i in range(20):
         new = restore(vm_factory, snap)
         new.wait_for(r"^VERIFY ok", timeout=10)
-        new.wait_for(r"^HB \d+ ", timeout=10)
+        new.wait_for(hb_line(), timeout=10)
         assert_continues(before, new.console.refresh())
         new.close()
 
@@ -197,13 +197,13 @@ def test_guest_clock_stops_while_paused(vm_factory, tmp_path):
     take_snapshot(vm, tmp_path / "p.snap")
     time.sleep(1.0)
     assert run_cli("resume", "--api-socket", vm.sock).returncode == 0
-    vm.wait_for(r"^HB \d+ ", timeout=5, start=len(before))
+    vm.wait_for(hb_line(), timeout=5, start=len(before))
     hbs = vm.heartbeats()
     gaps = [(b[1] - a[1]) / 1e6 for a, b in zip(hbs, hbs[1:])]
     assert max(gaps) < 400, f"guest time jumped across the pause: {max(gaps):.0f} ms"
     vm.close()
     new = restore(vm_factory, tmp_path / "p.snap")
-    new.wait_for(r"^HB \d+ ", timeout=10)
+    new.wait_for(hb_line(), timeout=10)
     first = new.heartbeats()[0]
     last = [h for h in vm.heartbeats() if h[0] == first[0] - 1][0]
     assert (first[1] - last[1]) / 1e6 < 400, "the restored guest saw the pause as elapsed"

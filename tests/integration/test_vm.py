@@ -5,18 +5,18 @@ import time
 
 import pytest
 
-from ferrylib import make_elf, run_cli
+from ferrylib import hb_line, make_elf, run_cli
 
 
 def boot(vm_factory, timeout=20, **kw):
     vm = vm_factory(**kw)
-    vm.wait_for(r"^HB 0 ", timeout)
+    vm.wait_for(hb_line(0), timeout)
     return vm
 
 
 def test_boots_to_heartbeat_fast(vm_factory):
     vm = vm_factory(cmdline="dirtier.mib=32")
-    vm.wait_for(r"^HB 0 ", timeout=10)
+    vm.wait_for(hb_line(0), timeout=10)
     assert time.monotonic() - vm.started < 10
     m = vm.wait_for(r"^CPUS (\d+) MEM (\d+)")
     assert m.group(1) == "1"
@@ -75,7 +75,7 @@ def test_pause_resume_via_cli_and_api(vm_factory):
     assert vm.api("PUT", "/v1/vm/pause")[0] == 409
     assert run_cli("resume", "--api-socket", vm.sock).returncode == 0
     last = vm.heartbeats()[-1][0]
-    vm.wait_for(rf"^HB {last + 2} ", timeout=5)
+    vm.wait_for(hb_line(last + 2), timeout=5)
     assert vm.api("GET", "/v1/vm")[1]["state"] == "running"
     assert vm.api("PUT", "/v1/vm/resume")[0] == 409
 
