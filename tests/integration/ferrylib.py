@@ -23,8 +23,7 @@ SAN_MARKERS = ("AddressSanitizer", "LeakSanitizer", "runtime error:", "Undefined
 
 
 def hb_line(seq=None):
-    """A whole heartbeat line (number seq, or any): waiting for less can
-    match a line the guest is still writing."""
+    """A heartbeat line (number seq, or any), newline included."""
     num = r"\d+" if seq is None else str(seq)
     return r"^HB " + num + r" \d+ \d+[ \t\r]*\n"
 
@@ -128,11 +127,14 @@ class Vm:
 
     # --- console -------------------------------------------------------
     def wait_for(self, pattern, timeout=20, start=0):
-        """Waits for a regex in the console (from offset start); returns the match."""
+        """Waits for a regex in the console's whole lines (from offset start):
+        a line still being written could match with a number cut short.
+        Returns the match."""
         deadline = time.monotonic() + timeout
         rx = re.compile(pattern, re.M)
         while True:
-            m = rx.search(self.console.refresh(), start)
+            text = self.console.refresh()
+            m = rx.search(text, start, text.rfind("\n") + 1)
             if m:
                 return m
             if self.proc.poll() is not None:
