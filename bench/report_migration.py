@@ -564,7 +564,16 @@ def notes(res, names):
                  "memory\"). Neither keeps a copy of guest memory for the migration.")
 
     # 11. Failures.
-    bad = [(x, s_, r.get("repeat"), r.get("error") or r.get("state"))
+    def run_problem(r):
+        """Why a run is listed: its error, or what the destination showed."""
+        if r.get("error") or not r.get("converged"):
+            return r.get("error") or r.get("state")
+        lines = "; ".join(r.get("verify_lines") or []) or "none"
+        return (f"migration {r.get('state')}, but the destination's VERIFY lines were "
+                f"\"{lines}\" ({r.get('dst_heartbeats')} heartbeats on its console, "
+                f"{(r.get('gap_detail') or {}).get('reads', '?')} tick reads after the "
+                "switchover)")
+    bad = [(x, s_, r.get("repeat"), run_problem(r))
            for x in names for s_ in SYSTEMS for r in runs_of(res, x, s_)
            if not (r.get("converged") and r.get("verify_ok"))]
     if bad:
