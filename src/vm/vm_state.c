@@ -10,6 +10,7 @@
 #include "vm/vm.h"
 
 #define MSR_IA32_TSC 0x10
+#define MSR_IA32_TSC_DEADLINE 0x6e0
 
 static int vm_ioctl_walk(struct state_walker *w, struct vm *vm, unsigned long req,
                          void *arg, const char *what)
@@ -66,14 +67,35 @@ static int tsc_get(struct vcpu *vcpu, uint64_t *tsc)
     return 0;
 }
 
+static int msr_set(struct vcpu *vcpu, uint32_t index, uint64_t value)
+{
+    struct {
+        struct kvm_msrs hdr;
+        struct kvm_msr_entry e;
+    } m = { .hdr.nmsrs = 1, .e = { .index = index, .data = value } };
+
+    return ioctl(vcpu->fd, KVM_SET_MSRS, &m) == 1 ? 0 : -EIO;
+}
+
+/*
+ * KVM arms the TSC-deadline timer from the TSC at the moment the deadline is
+ * written, and the vCPU section (deadline) is loaded before this one (TSC).
+ * On a host whose fresh VM starts its TSC at 0 the timer would then fire the
+ * source's uptime late. Writing the deadline again once the TSC is right
+ * re-arms it; KVM ignores it when the LAPIC timer is in another mode.
+ */
 static int tsc_set(struct vcpu *vcpu, uint64_t tsc)
 {
     struct {
         struct kvm_msrs hdr;
         struct kvm_msr_entry e;
-    } m = { .hdr.nmsrs = 1, .e = { .index = MSR_IA32_TSC, .data = tsc } };
+    } m = { .hdr.nmsrs = 1, .e.index = MSR_IA32_TSC_DEADLINE };
 
-    return ioctl(vcpu->fd, KVM_SET_MSRS, &m) == 1 ? 0 : -EIO;
+    if (msr_set(vcpu, MSR_IA32_TSC, tsc) < 0)
+        return -EIO;
+    if (ioctl(vcpu->fd, KVM_GET_MSRS, &m) != 1)
+        return 0;                       /* no TSC-deadline timer */
+    return msr_set(vcpu, MSR_IA32_TSC_DEADLINE, m.e.data);
 }
 
 void vm_clock_freeze(struct vm *vm)
