@@ -78,6 +78,12 @@ Recorded per run:
                 itself when done). VmHWM from /proc/PID/status just before shutdown is
                 kept as well (*_vmhwm_kib).
   verify_ok     the two first VERIFY lines on the destination are `ok`, no problem lines.
+  dst_diag, dst_missed_wakeup   only when a completed migration did not verify: the
+                destination's vCPUs (ferry: a snapshot decoded by vcpu_diag.py; QEMU:
+                `info registers -a`, `info lapic`), heartbeats seen in the 1.5 s after that
+                (reading the state kicks the vCPUs), and whether every vCPU sat halted with
+                interrupts on while one had a wake-up due (a vector in its IRR, or a passed
+                TSC deadline): an interrupt the host's KVM never delivered.
   post-copy     ferry: its report's postcopy{} (fault latency p50/p99/max, remote faults,
                 summed fault wait, pages pushed/demanded, duration). QEMU 7.2's
                 query-migrate has no fault latency (`postcopy-latency` came in 9.1); with
@@ -110,6 +116,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib as B                          # noqa: E402
 import gap_reader                             # noqa: E402
+import vcpu_diag                             # noqa: E402
 from qmp import Qmp, QmpError                 # noqa: E402
 
 MEM_MIB = 1024
@@ -469,6 +476,8 @@ class Run:
                 st, maxrss = reap(src, 30)
                 self.s.update(src_exit=st, src_rss_peak_kib=maxrss)
             self.verify(dcon, dst)
+            if not self.s["verify_ok"]:
+                self.ferry_stuck_diag(dcon)
             self.wait_gap_window()
             self.s["dst_vmhwm_kib"] = vmhwm(dst)
             B.run([B.FERRY, "shutdown", "--api-socket", f["dst.sock"]], timeout=10)
@@ -485,6 +494,31 @@ class Run:
             st, maxrss = reap(dst, 5)
             self.s.update(dst_exit=st, dst_rss_peak_kib=maxrss or self.s["dst_vmhwm_kib"])
         self.finish(scon, dcon, src, dst)
+
+    def ferry_stuck_diag(self, dcon):
+        """A destination that never showed the guest: its vCPUs' state from a snapshot
+        (which pauses and resumes them: a kick), then whether the guest ran again."""
+        path = os.path.join(self.dir, "dst-stuck.snap")
+        before = len(dcon.heartbeats())
+        try:
+            B.run([B.FERRY, "snapshot", "--api-socket", self.f["dst.sock"], path, "--resume"],
+                  timeout=30)
+            diag = vcpu_diag.diagnose(path)
+        except Exception as e:             # diagnostics must not end the benchmark
+            diag = {"error": f"{e.__class__.__name__}: {e}"}
+        dcon.follow(1.5)
+        diag["heartbeats_after_kick"] = len(dcon.heartbeats()) - before
+        self.s["dst_diag"] = diag
+        self.s["dst_missed_wakeup"] = "error" not in diag and vcpu_diag.ferry_missed_wakeup(diag)
+
+    def qemu_stuck_diag(self, dq, dcon):
+        """The same for QEMU: its register and LAPIC dumps (which kick the vCPUs)."""
+        before = len(dcon.heartbeats())
+        diag = {c: dq.hmp(c) for c in ("info registers -a", "info lapic 0", "info lapic 1")}
+        dcon.follow(1.5)
+        diag["heartbeats_after_kick"] = len(dcon.heartbeats()) - before
+        self.s["dst_diag"] = diag
+        self.s["dst_missed_wakeup"] = vcpu_diag.qemu_missed_wakeup(diag)
 
     def finish(self, scon, dcon, src, dst):
         """Problem lines of both consoles, and the VMMs' logs if the run went wrong."""
@@ -600,6 +634,8 @@ class Run:
             self.verify(dcon, dst)
             try:
                 self.s["dst_status"] = dq.status()
+                if not self.s["verify_ok"]:
+                    self.qemu_stuck_diag(dq, dcon)
             except (QmpError, OSError, TimeoutError) as e:
                 self.s["dst_status"] = f"? {e}"
             self.wait_gap_window()

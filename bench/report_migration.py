@@ -572,7 +572,9 @@ def notes(res, names):
         return (f"migration {r.get('state')}, but the destination's VERIFY lines were "
                 f"\"{lines}\" ({r.get('dst_heartbeats')} heartbeats on its console, "
                 f"{(r.get('gap_detail') or {}).get('reads', '?')} tick reads after the "
-                "switchover)")
+                "switchover)" + (": every vCPU halted with interrupts enabled and one with "
+                                 "a wake-up pending that KVM never delivered"
+                                 if r.get("dst_missed_wakeup") else ""))
     bad = [(x, s_, r.get("repeat"), run_problem(r))
            for x in names for s_ in SYSTEMS for r in runs_of(res, x, s_)
            if not (r.get("converged") and r.get("verify_ok"))]

@@ -27,10 +27,11 @@ def listing(path):
     return sorted(os.listdir(path)) if os.path.isdir(path) else []
 
 
-def run_harness(out, log):
+def run_harness(out, log, systems=("ferry", "qemu")):
     """Runs the harness; on overrun it gets SIGTERM (it kills its VMMs), then SIGKILL."""
     cmd = [sys.executable, SCRIPT, "--repeat", "1", "--only", SCENARIO, "--out", str(out),
-           "--settle", "0.5", "--quiet-wait", "0", "--timeout", "30"]
+           "--settle", "0.5", "--quiet-wait", "0", "--timeout", "30",
+           "--systems", ",".join(systems)]
     env = dict(os.environ, FERRY=FERRY, GUEST=GUEST, QEMU=QEMU, **SAN_ENV)
     env.pop("BENCH_REPEAT", None)
     with open(log, "wb") as f:
@@ -52,6 +53,28 @@ def is_num(v):
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
+def rerun_missed_wakeups(res, tmp_path):
+    """This host's KVM (PVM) now and then leaves a migrated guest asleep for good: every
+    vCPU halted with interrupts enabled and an interrupt pending that it never delivers
+    (seen with QEMU and with ferry alike, about 1 run in 100). The harness diagnoses it
+    from the destination's vCPU state (dst_missed_wakeup); such a run says nothing about
+    the harness, so that system's run is done once more, and that one must pass. Any
+    other failure, or the same one twice, still fails the test."""
+    for system, runs in res["samples"][SCENARIO].items():
+        r = runs[0] if len(runs) == 1 else {}
+        if not (r.get("converged") and not r.get("verify_ok") and r.get("dst_missed_wakeup")):
+            continue
+        print(f"{system}: the destination missed a wake-up ({json.dumps(r.get('dst_diag'))[:2000]});"
+              " running it again")
+        out, log = tmp_path / f"smoke-{system}.json", tmp_path / f"harness-{system}.log"
+        rc = run_harness(out, log, systems=(system,))
+        assert rc == 0 and out.exists(), f"re-run of {system}: exit {rc}:\n" + \
+            log.read_text(errors="replace")[-3000:]
+        again = json.loads(out.read_text())
+        res["samples"][SCENARIO][system] = again["samples"][SCENARIO][system]
+        res["summary"][SCENARIO][system] = again["summary"][SCENARIO][system]
+
+
 def test_bench_smoke_one_scenario_both_systems(tmp_path):
     assert shutil.which(QEMU), (
         f"{QEMU} not found: the benchmarks compare ferry with QEMU/KVM; install it with "
@@ -68,6 +91,7 @@ def test_bench_smoke_one_scenario_both_systems(tmp_path):
     assert rc == 0, f"harness exit {rc}:\n{text[-3000:]}"
     assert out.exists(), f"no result file:\n{text[-3000:]}"
     res = json.loads(out.read_text())
+    rerun_missed_wakeups(res, tmp_path)
 
     assert res["benchmark"] == "migration"
     m = res["machine"]
@@ -103,4 +127,4 @@ def test_bench_smoke_one_scenario_both_systems(tmp_path):
     # Nothing was written where the real results and the docs live.
     assert listing(RESULTS) == results_before
     assert (os.stat(doc).st_mtime_ns if os.path.exists(doc) else None) == doc_before
-    assert took < LIMIT_S
+    assert took < LIMIT_S, f"the harness took {took:.0f} s"
