@@ -82,7 +82,7 @@ Recorded per run:
                 destination's vCPUs (ferry: a snapshot decoded by vcpu_diag.py; QEMU:
                 `info registers -a`, `info lapic`), heartbeats seen in the 1.5 s after that
                 (reading the state kicks the vCPUs), and whether every vCPU sat halted with
-                interrupts on while one had a wake-up due (a vector in its IRR, or a passed
+                interrupts on while one had a wake-up due (a vector in its IRR, or a long-passed
                 TSC deadline): an interrupt the host's KVM never delivered.
   post-copy     ferry: its report's postcopy{} (fault latency p50/p99/max, remote faults,
                 summed fault wait, pages pushed/demanded, duration). QEMU 7.2's

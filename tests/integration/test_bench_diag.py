@@ -36,8 +36,9 @@ def test_ferry_snapshot_diagnosis(vm_factory, tmp_path):
         assert int(c["rflags"], 16) & 0x2, c                      # the always-one bit
         assert c["lvt_timer"] == hex(0x40020), c                  # TSC-deadline, vector 32
         assert c["mp_state"] in ("halted", "runnable"), c
-    # A healthy guest is not a missed wake-up, whatever it was doing.
-    assert not vcpu_diag.ferry_missed_wakeup(d), d
+        # A running guest's deadline is ahead, just passed, or 0 (fired): never overdue.
+        assert not vcpu_diag.deadline_overdue(d, i), d
+    tsc0, khz = int(d["clock"]["tsc"][0], 16), d["clock"]["tsc_khz"]
     stuck = copy.deepcopy(d)
     for i in range(2):
         stuck[f"vcpu{i}"].update(mp_state="halted", rflags="0x246", irr=[],
@@ -46,8 +47,10 @@ def test_ferry_snapshot_diagnosis(vm_factory, tmp_path):
     stuck["vcpu1"]["irr"] = [32]
     assert vcpu_diag.ferry_missed_wakeup(stuck)           # a timer interrupt left pending
     stuck["vcpu1"]["irr"] = []
-    stuck["vcpu0"]["tsc_deadline"] = d["clock"]["tsc"][0]
-    assert vcpu_diag.ferry_missed_wakeup(stuck)           # a deadline passed, no interrupt
+    stuck["vcpu0"]["tsc_deadline"] = hex(tsc0 - khz * 100)
+    assert not vcpu_diag.ferry_missed_wakeup(stuck)       # 0.1 s late: may be on its way
+    stuck["vcpu0"]["tsc_deadline"] = hex(tsc0 - khz * 5000)
+    assert vcpu_diag.ferry_missed_wakeup(stuck)           # 5 s late, no interrupt
     stuck["vcpu1"]["rflags"] = "0x46"
     assert not vcpu_diag.ferry_missed_wakeup(stuck)       # cli; hlt is meant to stay halted
 
