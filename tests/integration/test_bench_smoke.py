@@ -56,7 +56,7 @@ def is_num(v):
 def rerun_missed_wakeups(res, tmp_path):
     """This host's KVM (PVM) now and then leaves a migrated guest asleep for good: every
     vCPU halted with interrupts enabled and an interrupt pending that it never delivers
-    (seen with QEMU and with ferry alike, about 1 run in 100). The harness diagnoses it
+    (seen with QEMU and with ferry alike, rarely). The harness diagnoses it
     from the destination's vCPU state (dst_missed_wakeup); such a run says nothing about
     the harness, so that system's run is done once more, and that one must pass. Any
     other failure, or the same one twice, still fails the test."""
