@@ -11,8 +11,6 @@
 #include "vm/vcpu_state.h"
 #include "vm/vm.h"
 
-#define MSR_IA32_TSC          0x10
-#define MSR_IA32_TSC_DEADLINE 0x6e0
 #define MSR_MTRR_CAP          0xfe
 
 /* MSRs KVM keeps but does not list in KVM_GET_MSR_INDEX_LIST (MTRRs). */
@@ -22,14 +20,35 @@ static const uint32_t extra_msrs[] = {
     0x208, 0x209, 0x20a, 0x20b, 0x20c, 0x20d, 0x20e, 0x20f,
 };
 
-static bool msr_readable(int vcpu_fd, uint32_t index)
+/* One MSR through KVM_GET_MSRS/KVM_SET_MSRS; -EIO if KVM refuses it. */
+int vcpu_msr_get(int vcpu_fd, uint32_t index, uint64_t *value)
 {
     struct {
         struct kvm_msrs hdr;
         struct kvm_msr_entry e;
     } m = { .hdr.nmsrs = 1, .e.index = index };
 
-    return ioctl(vcpu_fd, KVM_GET_MSRS, &m) == 1;
+    if (ioctl(vcpu_fd, KVM_GET_MSRS, &m) != 1)
+        return -EIO;
+    *value = m.e.data;
+    return 0;
+}
+
+int vcpu_msr_set(int vcpu_fd, uint32_t index, uint64_t value)
+{
+    struct {
+        struct kvm_msrs hdr;
+        struct kvm_msr_entry e;
+    } m = { .hdr.nmsrs = 1, .e = { .index = index, .data = value } };
+
+    return ioctl(vcpu_fd, KVM_SET_MSRS, &m) == 1 ? 0 : -EIO;
+}
+
+static bool msr_readable(int vcpu_fd, uint32_t index)
+{
+    uint64_t value;
+
+    return vcpu_msr_get(vcpu_fd, index, &value) == 0;
 }
 
 static void msr_list_add(struct vcpu_msr_list *l, int vcpu_fd, uint32_t index)

@@ -9,6 +9,9 @@
 
 #define VCPU_MAX_MSRS 128
 
+#define MSR_IA32_TSC          0x10
+#define MSR_IA32_TSC_DEADLINE 0x6e0
+
 struct vm;
 struct vcpu;
 
@@ -39,6 +42,8 @@ struct vcpu_state {
 
 extern const struct state_ops vcpu_state_ops;
 
+int vcpu_msr_get(int vcpu_fd, uint32_t index, uint64_t *value);
+int vcpu_msr_set(int vcpu_fd, uint32_t index, uint64_t value);
 int vcpu_msr_list_probe(struct vm *vm, int vcpu_fd, struct vcpu_msr_list *l);
 struct vcpu_state *vcpu_state_alloc(uint32_t xsave_size);
 int vcpu_state_get(struct vcpu *vcpu, struct vcpu_state *st);

@@ -9,8 +9,6 @@
 #include "vm/vcpu_state.h"
 #include "vm/vm.h"
 
-#define MSR_IA32_TSC 0x10
-#define MSR_IA32_TSC_DEADLINE 0x6e0
 
 static int vm_ioctl_walk(struct state_walker *w, struct vm *vm, unsigned long req,
                          void *arg, const char *what)
@@ -54,29 +52,6 @@ static int pit_state_walk(struct state_walker *w, void *obj)
     return w->err;
 }
 
-static int tsc_get(struct vcpu *vcpu, uint64_t *tsc)
-{
-    struct {
-        struct kvm_msrs hdr;
-        struct kvm_msr_entry e;
-    } m = { .hdr.nmsrs = 1, .e.index = MSR_IA32_TSC };
-
-    if (ioctl(vcpu->fd, KVM_GET_MSRS, &m) != 1)
-        return -EIO;
-    *tsc = m.e.data;
-    return 0;
-}
-
-static int msr_set(struct vcpu *vcpu, uint32_t index, uint64_t value)
-{
-    struct {
-        struct kvm_msrs hdr;
-        struct kvm_msr_entry e;
-    } m = { .hdr.nmsrs = 1, .e = { .index = index, .data = value } };
-
-    return ioctl(vcpu->fd, KVM_SET_MSRS, &m) == 1 ? 0 : -EIO;
-}
-
 /*
  * KVM arms the TSC-deadline timer from the TSC at the moment the deadline is
  * written, and the vCPU section (deadline) is loaded before this one (TSC).
@@ -86,23 +61,20 @@ static int msr_set(struct vcpu *vcpu, uint32_t index, uint64_t value)
  */
 static int tsc_set(struct vcpu *vcpu, uint64_t tsc)
 {
-    struct {
-        struct kvm_msrs hdr;
-        struct kvm_msr_entry e;
-    } m = { .hdr.nmsrs = 1, .e.index = MSR_IA32_TSC_DEADLINE };
+    uint64_t deadline;
 
-    if (msr_set(vcpu, MSR_IA32_TSC, tsc) < 0)
+    if (vcpu_msr_set(vcpu->fd, MSR_IA32_TSC, tsc) < 0)
         return -EIO;
-    if (ioctl(vcpu->fd, KVM_GET_MSRS, &m) != 1)
+    if (vcpu_msr_get(vcpu->fd, MSR_IA32_TSC_DEADLINE, &deadline) < 0)
         return 0;                       /* no TSC-deadline timer */
-    return msr_set(vcpu, MSR_IA32_TSC_DEADLINE, m.e.data);
+    return vcpu_msr_set(vcpu->fd, MSR_IA32_TSC_DEADLINE, deadline);
 }
 
 void vm_clock_freeze(struct vm *vm)
 {
     vm->clock_frozen = ioctl(vm->vm_fd, KVM_GET_CLOCK, &vm->frozen_clock) == 0;
     for (unsigned i = 0; i < vm->ncpus && vm->clock_frozen; i++)
-        vm->clock_frozen = tsc_get(&vm->vcpus[i], &vm->frozen_tsc[i]) == 0;
+        vm->clock_frozen = vcpu_msr_get(vm->vcpus[i].fd, MSR_IA32_TSC, &vm->frozen_tsc[i]) == 0;
     if (!vm->clock_frozen)
         log_warn("pause: cannot read the guest clock; guest time will run on");
 }
@@ -138,7 +110,7 @@ static int clock_walk_tscs(struct state_walker *w, struct vm *vm, uint64_t *tsc)
     for (uint32_t i = 0; i < n && walk_saving(w) && !w->err; i++)
         if (vm->clock_frozen)
             tsc[i] = vm->frozen_tsc[i];   /* as they were when the VM paused */
-        else if (tsc_get(&vm->vcpus[i], &tsc[i]) < 0)
+        else if (vcpu_msr_get(vm->vcpus[i].fd, MSR_IA32_TSC, &tsc[i]) < 0)
             walk_fail(w, -EIO, "reading a vCPU TSC");
     walk_count(w, &n, VM_MAX_VCPUS, "vcpu count");
     if (!w->err && n != vm->ncpus)
