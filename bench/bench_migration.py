@@ -477,7 +477,7 @@ class Run:
                 self.s.update(src_exit=st, src_rss_peak_kib=maxrss)
             self.verify(dcon, dst)
             if not self.s["verify_ok"]:
-                self.ferry_stuck_diag(dcon)
+                self.stuck_diag(dcon, self.ferry_dump, vcpu_diag.ferry_missed_wakeup)
             self.wait_gap_window()
             self.s["dst_vmhwm_kib"] = vmhwm(dst)
             B.run([B.FERRY, "shutdown", "--api-socket", f["dst.sock"]], timeout=10)
@@ -495,30 +495,30 @@ class Run:
             self.s.update(dst_exit=st, dst_rss_peak_kib=maxrss or self.s["dst_vmhwm_kib"])
         self.finish(scon, dcon, src, dst)
 
-    def ferry_stuck_diag(self, dcon):
-        """A destination that never showed the guest: its vCPUs' state from a snapshot
-        (which pauses and resumes them: a kick), then whether the guest ran again."""
-        path = os.path.join(self.dir, "dst-stuck.snap")
+    def stuck_diag(self, dcon, dump, missed_wakeup):
+        """A destination that never showed the guest: `dump()` reads its vCPUs' state
+        (which kicks them), then 1.5 s tell whether the guest ran again."""
         before = len(dcon.heartbeats())
+        diag = dump()
+        dcon.follow(1.5)
+        diag["heartbeats_after_kick"] = len(dcon.heartbeats()) - before
+        self.s["dst_diag"] = diag
+        self.s["dst_missed_wakeup"] = "error" not in diag and missed_wakeup(diag)
+
+    def ferry_dump(self):
+        """The destination's vCPUs from a snapshot (a pause and resume)."""
+        path = os.path.join(self.dir, "dst-stuck.snap")
         try:
             B.run([B.FERRY, "snapshot", "--api-socket", self.f["dst.sock"], path, "--resume"],
                   timeout=30)
-            diag = vcpu_diag.diagnose(path)
+            return vcpu_diag.diagnose(path)
         except Exception as e:             # diagnostics must not end the benchmark
-            diag = {"error": f"{e.__class__.__name__}: {e}"}
-        dcon.follow(1.5)
-        diag["heartbeats_after_kick"] = len(dcon.heartbeats()) - before
-        self.s["dst_diag"] = diag
-        self.s["dst_missed_wakeup"] = "error" not in diag and vcpu_diag.ferry_missed_wakeup(diag)
+            return {"error": f"{e.__class__.__name__}: {e}"}
 
-    def qemu_stuck_diag(self, dq, dcon):
-        """The same for QEMU: its register and LAPIC dumps (which kick the vCPUs)."""
-        before = len(dcon.heartbeats())
-        diag = {c: dq.hmp(c) for c in ("info registers -a", "info lapic 0", "info lapic 1")}
-        dcon.follow(1.5)
-        diag["heartbeats_after_kick"] = len(dcon.heartbeats()) - before
-        self.s["dst_diag"] = diag
-        self.s["dst_missed_wakeup"] = vcpu_diag.qemu_missed_wakeup(diag)
+    def qemu_dump(self, dq):
+        """QEMU's register and LAPIC dumps of every vCPU."""
+        cmds = ["info registers -a"] + [f"info lapic {i}" for i in range(ncpus(self.sc))]
+        return {c: dq.hmp(c) for c in cmds}
 
     def finish(self, scon, dcon, src, dst):
         """Problem lines of both consoles, and the VMMs' logs if the run went wrong."""
@@ -635,7 +635,8 @@ class Run:
             try:
                 self.s["dst_status"] = dq.status()
                 if not self.s["verify_ok"]:
-                    self.qemu_stuck_diag(dq, dcon)
+                    self.stuck_diag(dcon, lambda: self.qemu_dump(dq),
+                                    vcpu_diag.qemu_missed_wakeup)
             except (QmpError, OSError, TimeoutError) as e:
                 self.s["dst_status"] = f"? {e}"
             self.wait_gap_window()
