@@ -140,49 +140,64 @@ static int api_open(struct api_server **api, struct vm *vm, const struct run_arg
     return api_start(api, a->vm.api_socket, routes, n, vm) < 0 ? -1 : 0;
 }
 
-/* Creates the VM: booted from a kernel, loaded from a snapshot, or (with
- * --incoming) received from a migration source, which also starts it. */
-static int run_create(struct vm *vm, struct run_args *a, struct api_server **api)
+/* Exit codes of a run that ends before its guest runs. */
+#define RUN_FAILED    1   /* the VM cannot be created here */
+#define RUN_BAD_INPUT 2   /* what the user named is unusable: nothing was created */
+
+static int run_incoming(struct vm *vm, struct run_args *a, struct api_server **api)
 {
     char host[256], port[16], err[256];
+
+    if (mig_parse_uri(a->incoming, host, sizeof(host), port, sizeof(port), err,
+                      sizeof(err)) < 0)
+        return log_err("--incoming: %s", err), RUN_BAD_INPUT;
+    vm->state = VM_INCOMING;
+    if (api_open(api, vm, a) < 0)
+        return RUN_BAD_INPUT;
+    return mig_incoming(vm->mig, vm, a, host, port) < 0 ? RUN_FAILED : 0;
+}
+
+/* Creates the VM: booted from a kernel, loaded from a snapshot, or (with
+ * --incoming) received from a migration source, which also starts it.
+ * Returns 0 or the exit code. The files and the API socket the user named
+ * are checked first, so that bad input exits 2. */
+static int run_create(struct vm *vm, struct run_args *a, struct api_server **api)
+{
     struct stream_header h;
     int fd = -1, ret;
 
-    if (a->incoming) {
-        if (mig_parse_uri(a->incoming, host, sizeof(host), port, sizeof(port), err,
-                          sizeof(err)) < 0)
-            return log_err("--incoming: %s", err), -EINVAL;
-        vm->state = VM_INCOMING;
-        if (api_open(api, vm, a) < 0)
-            return -EIO;
-        return mig_incoming(vm->mig, vm, a, host, port);
+    if (a->incoming)
+        return run_incoming(vm, a, api);
+    if (a->vm.restore ? restore_open(a, &h, &fd) < 0 : vm_check_boot_files(&a->vm) < 0) {
+        if (fd >= 0)
+            close(fd);
+        return RUN_BAD_INPUT;
     }
-    if (a->vm.restore && restore_open(a, &h, &fd) < 0)
-        return -EIO;
     ret = vm_create(vm, &a->vm);
     if (ret == 0 && a->vm.restore)
         ret = restore_load(vm, a, &h, fd);
     if (fd >= 0)
         close(fd);
     if (ret == 0 && api_open(api, vm, a) < 0)
-        ret = -EIO;
+        return RUN_BAD_INPUT;
     if (ret == 0)
         ret = vm_start(vm, a->paused);
-    return ret;
+    return ret < 0 ? RUN_FAILED : 0;
 }
 
 static int run_vm(struct vm *vm, struct run_args *a)
 {
     static struct migration mig;
     struct api_server *api = NULL;
-    int code = 1;
+    int code;
 
     mig_init(&mig);
     vm_init(vm, &a->vm);
     vm->mig = &mig;
     if (a->vm.console && strcmp(a->vm.console, "stdio") == 0)
         tty_raw();
-    if (run_create(vm, a, &api) == 0)
+    code = run_create(vm, a, &api);
+    if (code == 0)
         code = vm_wait(vm);
     if (a->incoming)
         mig_incoming_stop(&mig);

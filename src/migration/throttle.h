@@ -1,4 +1,4 @@
-/* Auto-converge: vCPUs are made to sleep a share of every 10 ms slice. */
+/* Auto-converge: vCPUs run 10 ms, then sleep pct/(100-pct) of that. */
 #ifndef FERRY_MIGRATION_THROTTLE_H
 #define FERRY_MIGRATION_THROTTLE_H
 

@@ -42,12 +42,12 @@ static int read_fd_all(int fd, uint8_t *buf, size_t len)
     return 0;
 }
 
-int file_read_all(const char *path, uint8_t **buf, size_t *len)
+/* Opens a regular file for reading; its size in *size. */
+static int file_open_regular(const char *path, size_t *size)
 {
     struct stat st;
-    int fd, ret;
+    int fd = open(path, O_RDONLY | O_CLOEXEC), ret;
 
-    fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -errno;
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
@@ -55,7 +55,28 @@ int file_read_all(const char *path, uint8_t **buf, size_t *len)
         close(fd);
         return ret;
     }
-    *len = (size_t)st.st_size;
+    *size = (size_t)st.st_size;
+    return fd;
+}
+
+int file_read_head(const char *path, uint8_t *buf, size_t cap, size_t *len)
+{
+    int fd = file_open_regular(path, len), ret;
+
+    if (fd < 0)
+        return fd;
+    *len = MIN(*len, cap);
+    ret = read_fd_all(fd, buf, *len);
+    close(fd);
+    return ret;
+}
+
+int file_read_all(const char *path, uint8_t **buf, size_t *len)
+{
+    int fd = file_open_regular(path, len), ret;
+
+    if (fd < 0)
+        return fd;
     *buf = malloc(*len ? *len : 1);
     if (!*buf) {
         close(fd);

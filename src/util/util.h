@@ -20,6 +20,8 @@ uint64_t time_now_ns(void);
 uint64_t thread_cpu_ns(void);
 /* Reads a whole file into a malloc'd buffer; returns -errno. */
 int file_read_all(const char *path, uint8_t **buf, size_t *len);
+/* Reads at most cap bytes from the start of a file; returns -errno. */
+int file_read_head(const char *path, uint8_t *buf, size_t cap, size_t *len);
 /* Writes all of buf to fd, retrying short writes; returns -errno. */
 int fd_write_all(int fd, const void *buf, size_t len);
 /* Parses a decimal unsigned integer that must fill the whole string. */

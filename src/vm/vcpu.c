@@ -268,8 +268,8 @@ static bool vcpu_requests_pending(struct vm *vm)
            __atomic_load_n(&vm->stop_req, __ATOMIC_ACQUIRE);
 }
 
-/* Auto-converge: the whole share, although the throttle thread's kicks
- * (every 10 ms) interrupt the sleep; a pause or stop request ends it. */
+/* Auto-converge: the whole share, although a signal (a kick for a pause)
+ * may interrupt the sleep; a pause or stop request ends it. */
 static void vcpu_sleep(struct vcpu *vcpu, uint64_t ns)
 {
     uint64_t start = time_now_ns(), until = start + ns;   /* CLOCK_MONOTONIC */

@@ -213,6 +213,17 @@ static int vm_setup_memory(struct vm *vm, uint64_t bytes)
     return mem_register(&vm->mem, vm->vm_fd);
 }
 
+static void vm_throttle_init(struct vm_throttle *t)
+{
+    pthread_condattr_t attr;
+
+    pthread_mutex_init(&t->lock, NULL);
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&t->cond, &attr);
+    pthread_condattr_destroy(&attr);
+}
+
 void vm_init(struct vm *vm, const struct vm_config *cfg)
 {
     memset(vm, 0, sizeof(*vm));
@@ -223,6 +234,7 @@ void vm_init(struct vm *vm, const struct vm_config *cfg)
     pthread_mutex_init(&vm->lock, NULL);
     pthread_mutex_init(&vm->op_lock, NULL);
     pthread_cond_init(&vm->cond, NULL);
+    vm_throttle_init(&vm->throttle);
 }
 
 /* What the state walk needs: the XSAVE buffer size, the MSRs every vCPU
@@ -240,6 +252,13 @@ static int vm_setup_state(struct vm *vm)
         return ret;
     }
     return vm_state_register(vm);
+}
+
+int vm_check_boot_files(const struct vm_config *cfg)
+{
+    struct boot_config boot = { cfg->kernel, cfg->initrd, cfg->cmdline, cfg->ncpus };
+
+    return boot_probe(&boot);
 }
 
 int vm_create(struct vm *vm, const struct vm_config *cfg)

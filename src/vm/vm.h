@@ -77,6 +77,17 @@ struct vcpu {
     uint64_t throttled_ns;    /* auto-converge: slept in all (for the report) */
 };
 
+/* Auto-converge's state (migration/throttle.c drives it); cond uses
+ * CLOCK_MONOTONIC so the thread can sleep a period and still stop at once. */
+struct vm_throttle {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    unsigned pct;
+    uint64_t mask;            /* vCPUs auto-converge slows down; 0: all */
+    pthread_t thread;
+    bool started;
+};
+
 struct vm {
     int kvm_fd;
     int vm_fd;
@@ -125,15 +136,14 @@ struct vm {
     bool clock_frozen;
     struct kvm_clock_data frozen_clock;
     uint64_t frozen_tsc[VM_MAX_VCPUS];
-    unsigned throttle_pct;
-    uint64_t throttle_mask;   /* vCPUs auto-converge slows down; 0: all */
     unsigned dirty_ring;      /* entries per vCPU, 0 without the ring */
-    pthread_t throttle_thread;
-    bool throttle_thread_started;
+    struct vm_throttle throttle;
 };
 
 /* Fields only, no KVM: enough for the API to answer before the VM exists. */
 void vm_init(struct vm *vm, const struct vm_config *cfg);
+/* The kernel and initrd are readable and a kernel (before any KVM work). */
+int vm_check_boot_files(const struct vm_config *cfg);
 int vm_create(struct vm *vm, const struct vm_config *cfg);
 /* Starts the vCPU threads, parked at once if paused. */
 int vm_start(struct vm *vm, bool paused);

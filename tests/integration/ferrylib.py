@@ -48,6 +48,23 @@ def assert_continues(before, after):
         assert "VERIFY FAIL" not in text and "TIME BACKWARDS" not in text and "PANIC" not in text
 
 
+# The source's stop check keeps the projected stop under the downtime limit,
+# but what follows it (the state's apply and the resume on the destination,
+# the report's timestamps) runs on whatever CPU time a loaded 2-core host
+# leaves: tens of ms were seen there. Tests allow this much over the limit;
+# how close ferry really stays is measured in `make bench`.
+DOWNTIME_MARGIN_MS = 150
+
+
+def assert_downtime_within(rep, limit_ms=None):
+    """The report's downtime is positive and within the limit the migration
+    had (or limit_ms), give or take DOWNTIME_MARGIN_MS."""
+    limit = rep["params"]["downtime_limit_ms"] if limit_ms is None else limit_ms
+    total = rep["downtime"]["total_ms"]
+    assert 0 < total <= limit + DOWNTIME_MARGIN_MS, \
+        f"downtime {total} ms, limit {limit} ms (+{DOWNTIME_MARGIN_MS} ms margin)"
+
+
 class UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path, timeout=10):
         super().__init__("localhost", timeout=timeout)

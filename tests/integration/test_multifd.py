@@ -7,6 +7,10 @@ import pytest
 from ferrylib import assert_continues, free_port, hb_line, migrate, wait_listening
 
 DIRTIER = "dirtier.mib=64 dirtier.rate=20000"
+# Delta and round counts need a second round whatever the host's speed: at
+# 100 MiB/s the first round of 64 MiB lasts over half a second, in which the
+# guest's 20000 pages/s (78 MiB/s, paced) dirty more than the stop can carry.
+CAP = ["--bandwidth", "100"]
 
 
 def source(vm_factory, cmdline=DIRTIER, memory=256, cpus=2):
@@ -59,7 +63,7 @@ def check_counts(rep, drep, conns):
 
 
 def test_four_connections(vm_factory):
-    rep, drep = migrate_ok(vm_factory, "--connections", "4")
+    rep, drep = migrate_ok(vm_factory, "--connections", "4", *CAP)
     check_counts(rep, drep, 4)
     assert rep["params"]["connections"] == 4 and rep["params"]["compress"] == "none"
     assert rep["transfer"]["compress_bytes_in"] == 0
@@ -90,7 +94,7 @@ def test_auto_compression_probes_and_declines(vm_factory):
 
 
 def test_delta(vm_factory):
-    rep, drep = migrate_ok(vm_factory, "--connections", "2", "--delta")
+    rep, drep = migrate_ok(vm_factory, "--connections", "2", "--delta", *CAP)
     check_counts(rep, drep, 2)
     t = rep["transfer"]
     assert rep["params"]["delta_cache_mib"] == 64
@@ -100,7 +104,7 @@ def test_delta(vm_factory):
 
 def test_everything_combined(vm_factory):
     rep, drep = migrate_ok(vm_factory, "--connections", "3", "--compress", "zstd",
-                           "--delta-cache", "96", "--bandwidth", "200", "--auto-converge")
+                           "--delta-cache", "96", *CAP, "--auto-converge")
     check_counts(rep, drep, 3)
     t = rep["transfer"]
     assert t["delta_pages"] > 0 and t["compress_bytes_out"] < t["compress_bytes_in"]
@@ -142,40 +146,47 @@ def test_bad_transfer_options(vm_factory):
 
 
 def ring_source(vm_factory, extra=("--dirty-ring",)):
+    # 4000 pages/s on vCPU 1 alone, paced: over an 8 MiB/s (2048 pages/s)
+    # link every round re-dirties the whole 4 MiB, whatever the host's speed.
     src = vm_factory(memory=512, cpus=2, extra=list(extra),
-                     cmdline="dirtier.mib=128 dirtier.rate=-1 dirtier.cpus=1")
+                     cmdline="dirtier.mib=4 dirtier.rate=4000 dirtier.cpus=1")
     src.wait_for(r"^VERIFY ok", timeout=30)
     src.wait_api()
     return src
 
 
 def test_dirty_ring_throttles_only_the_dirtying_vcpu(vm_factory):
-    """The dirtier runs flat out on vCPU 1 only; a 10 ms limit needs
-    auto-converge. The dirty ring tells which vCPU dirties: only vCPU 1 is
-    slowed down (the VMM accounts each vCPU's throttle sleep), and vCPU 0
-    prints its heartbeat every 100 ms all along."""
+    """The dirtier runs on vCPU 1 only, faster than the capped link can carry:
+    the migration cannot converge without auto-converge. The dirty ring tells
+    which vCPU dirties: only vCPU 1 is slowed down (the VMM accounts each
+    vCPU's throttle sleep), and vCPU 0 prints its heartbeat all along."""
     src = ring_source(vm_factory)
     dst, uri = destination(vm_factory)
     t0 = src.heartbeats()[-1][1]
     rc, rep, err = migrate(src, uri, "--auto-converge", "--downtime-ms", "10",
-                           "--max-time", "30")
+                           "--bandwidth", "8", "--max-time", "60")
     assert rc == 0, err
     assert src.wait_exit(20) == 0
     dst.wait_for(r"^VERIFY ok", timeout=15)
     dst.wait_for(hb_line(), timeout=15)
     assert_continues(src.console.refresh(), dst.console.refresh())
     assert rep["params"]["dirty_track"] == "ring" and rep["transfer"]["dirty_track"] == "ring"
-    assert rep["throttle_max_pct"] >= 20, rep["rounds"]
-    assert rep["throttled_vcpus"] == [1]
-    slept = rep["vcpu_throttled_ms"]
-    assert slept[0] == 0 and slept[1] > 50, slept
     rounds = rep["rounds"]
+    r2 = rounds[1]
+    assert r2["dirty_pages"] * 2 >= r2["pages"] + r2["zero_pages"], \
+        f"the bandwidth cap did not stop convergence: {rounds[:3]}"
+    assert rep["throttle_max_pct"] >= 20, rounds
+    assert rep["throttled_vcpus"] == [1]
     assert all(len(r["vcpu_dirty_pps"]) == 2 for r in rounds)
-    assert rounds[0]["vcpu_dirty_pps"][1] > 20 * max(1, rounds[0]["vcpu_dirty_pps"][0])
-    # vCPU 0 kept its normal rate: a heartbeat every 100 ms through the
-    # migration (single late ones happen when the host's 2 cores are busy)
+    assert rounds[0]["vcpu_dirty_pps"][1] > 5 * max(1, rounds[0]["vcpu_dirty_pps"][0])
+    # vCPU 0 never slept; vCPU 1 slept each round's throttle share of it.
+    want = sum(r["duration_ms"] * r["throttle_pct"] / 100 for r in rounds)
+    slept = rep["vcpu_throttled_ms"]
+    assert slept[0] == 0 and 0.6 * want <= slept[1] <= 1.3 * want + 50, (slept, want, rounds)
+    # vCPU 0 kept its heartbeat (every 100 ms of guest time) through the
+    # migration; a loaded host delays some, so half of them is the bound.
     hbs = [h for h in src.heartbeats() if h[1] > t0]
-    assert len(hbs) >= 0.8 * rep["total_ms"] / 100 - 1, (len(hbs), rep["total_ms"])
+    assert len(hbs) >= 0.5 * rep["total_ms"] / 100 - 1, (len(hbs), rep["total_ms"])
 
 
 def test_dirty_track_needs_the_ring(vm_factory):

@@ -192,18 +192,23 @@ def test_guest_clock_stops_while_paused(vm_factory, tmp_path):
     vm.wait_for(r"^VERIFY ok", timeout=20)
     vm.wait_api()
     assert run_cli("pause", "--api-socket", vm.sock).returncode == 0
+    t_pause = time.monotonic()
     before = vm.console.refresh()
     time.sleep(2.0)
     take_snapshot(vm, tmp_path / "p.snap")
     time.sleep(1.0)
     assert run_cli("resume", "--api-socket", vm.sock).returncode == 0
+    paused_ms = (time.monotonic() - t_pause) * 1000
     vm.wait_for(hb_line(), timeout=5, start=len(before))
     hbs = vm.heartbeats()
     gaps = [(b[1] - a[1]) / 1e6 for a, b in zip(hbs, hbs[1:])]
-    assert max(gaps) < 400, f"guest time jumped across the pause: {max(gaps):.0f} ms"
+    # Heartbeats come every 100 ms of guest time; a busy host can delay one
+    # by a few hundred ms, but the pause (over 3 s) must not show at all.
+    bound = min(1000, paused_ms / 2)
+    assert max(gaps) < bound, f"guest time jumped across a {paused_ms:.0f} ms pause: {max(gaps):.0f} ms"
     vm.close()
     new = restore(vm_factory, tmp_path / "p.snap")
     new.wait_for(hb_line(), timeout=10)
     first = new.heartbeats()[0]
     last = [h for h in vm.heartbeats() if h[0] == first[0] - 1][0]
-    assert (first[1] - last[1]) / 1e6 < 400, "the restored guest saw the pause as elapsed"
+    assert (first[1] - last[1]) / 1e6 < bound, "the restored guest saw the pause as elapsed"

@@ -14,10 +14,10 @@ def boot(vm_factory, timeout=20, **kw):
     return vm
 
 
-def test_boots_to_heartbeat_fast(vm_factory):
+def test_boots_to_heartbeat(vm_factory):
+    # How fast is measured in `make bench` (boot); here only that it boots.
     vm = vm_factory(cmdline="dirtier.mib=32")
-    vm.wait_for(hb_line(0), timeout=10)
-    assert time.monotonic() - vm.started < 10
+    vm.wait_for(hb_line(0), timeout=30)
     m = vm.wait_for(r"^CPUS (\d+) MEM (\d+)")
     assert m.group(1) == "1"
     assert abs(int(m.group(2)) - 512) <= 1
@@ -49,14 +49,23 @@ def test_memory_sizes(vm_factory, mib):
 
 def test_heartbeat_period_and_monotonic_time(vm_factory):
     vm = boot(vm_factory, cpus=2, cmdline="dirtier.mib=32 dirtier.rate=5000")
+    m = vm.mark()
+    t0 = time.monotonic()
+    vm.wait_for(hb_line(), start=m)
     time.sleep(2.0)
-    hbs = vm.heartbeats()
-    assert len(hbs) >= 15
+    hbs = vm.heartbeats(m)
+    took = time.monotonic() - t0
     seqs = [h[0] for h in hbs]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
     gaps = [(b[1] - a[1]) / 1e6 for a, b in zip(hbs, hbs[1:])]
     assert all(g > 0 for g in gaps), "guest time went backwards"
-    assert 90 <= sorted(gaps)[len(gaps) // 2] <= 130, gaps
+    # A heartbeat every 100 ms of guest time: never sooner (the timer is not
+    # fast), and guest time keeps pace with the host's (the clock is right).
+    # A busy host delays single heartbeats, so the median and the span get
+    # a margin; the steadiness is a figure of `make bench`.
+    assert min(gaps) >= 90 and sorted(gaps)[len(gaps) // 2] <= 200, gaps
+    guest_s = (hbs[-1][1] - hbs[0][1]) / 1e9
+    assert 0.5 * (took - 0.5) <= guest_s <= took + 0.2, (guest_s, took)
 
 
 def test_pause_resume_via_cli_and_api(vm_factory):
@@ -164,7 +173,7 @@ def test_bad_run_input(args, fragment):
     from ferrylib import GUEST
     args = [GUEST if a == "@GUEST@" else a for a in args]
     r = run_cli("run", *args, timeout=20)
-    assert r.returncode not in (0, None)
+    assert r.returncode == 2, (r.returncode, r.stderr)
     assert fragment in r.stderr, r.stderr
     assert "AddressSanitizer" not in r.stderr and "runtime error" not in r.stderr
 
@@ -173,11 +182,11 @@ def test_garbage_kernel_file(tmp_path):
     bad = tmp_path / "garbage"
     bad.write_bytes(os.urandom(8192))
     r = run_cli("run", "--kernel", str(bad), timeout=20)
-    assert r.returncode != 0 and "kernel" in r.stderr
+    assert r.returncode == 2 and "not a bzImage" in r.stderr, r.stderr
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
     r = run_cli("run", "--kernel", str(empty), timeout=20)
-    assert r.returncode != 0 and "empty" in r.stderr
+    assert r.returncode == 2 and "empty" in r.stderr, r.stderr
 
 
 def test_bad_cli_verbs(tmp_path):

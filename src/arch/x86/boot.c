@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <unistd.h>
 
 #include "arch/x86/acpi.h"
 #include "arch/x86/e820.h"
@@ -289,6 +290,40 @@ static int boot_read(const char *path, const char *what, uint8_t **buf, size_t *
         free(*buf);
         *buf = NULL;
         ret = -ENOEXEC;
+    }
+    return ret;
+}
+
+/* The part of a kernel file that tells what it is: an ELF header, or a
+ * bzImage's setup (at most 255 sectors and the boot sector). */
+#define BOOT_PROBE_BYTES (256 * 512)
+
+static int boot_probe_kernel(const char *path)
+{
+    struct bzimage_info bz;
+    const char *why = "out of memory";
+    uint8_t *buf = malloc(BOOT_PROBE_BYTES);
+    size_t n = 0;
+    int ret = buf ? file_read_head(path, buf, BOOT_PROBE_BYTES, &n) : -ENOMEM;
+
+    if (ret < 0)
+        log_err("kernel %s: %s", path, strerror(-ret));
+    else if (n == 0)
+        ret = -ENOEXEC, log_err("kernel %s: file is empty", path);
+    else if ((n < 4 || memcmp(buf, "\177ELF", 4) != 0) &&
+             (ret = bzimage_parse(buf, n, &bz, &why)) < 0)
+        log_err("%s: %s", path, why);
+    free(buf);
+    return ret;
+}
+
+int boot_probe(const struct boot_config *cfg)
+{
+    int ret = boot_probe_kernel(cfg->kernel);
+
+    if (ret == 0 && cfg->initrd && access(cfg->initrd, R_OK) < 0) {
+        ret = -errno;
+        log_err("initrd %s: %s", cfg->initrd, strerror(errno));
     }
     return ret;
 }

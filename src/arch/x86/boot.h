@@ -46,6 +46,10 @@ struct boot_config {
     unsigned ncpus;
 };
 
+/* Checks, before any VM exists, that the kernel file is readable and an
+ * ELF or bzImage and that the initrd is readable (errors logged here):
+ * a failure is the user's input, not the host's. */
+int boot_probe(const struct boot_config *cfg);
 /* Loads kernel (and initrd), writes boot data, ACPI tables and boot page
  * tables. Errors are logged here with the file name. */
 int boot_load(struct guest_mem *mem, const struct boot_config *cfg,
