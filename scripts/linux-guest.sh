@@ -9,9 +9,11 @@
 # Downloaded .debs are cached in OUTDIR/debs. Never installs anything into the host's /boot.
 set -euo pipefail
 
-# The one pinned kernel: Debian 12's ABI name (package linux-image-$KVER-unsigned).
-# Debian's archive only serves the current ABI; when it moves on, download fails and
-# the script says so: bump this (see `apt-cache search linux-image-6.1.0 | grep amd64-unsigned`).
+# The preferred kernel: Debian 12's ABI name (package linux-image-$KVER-unsigned).
+# Debian's archive serves only the current ABIs (bookworm-security moves on every few
+# weeks, and a machine without bookworm-security sees only the point release's), so
+# when this one is not served the newest Debian 12 6.1 ABI that apt knows is taken
+# instead (kver_pick below): the tests read only the early boot, which any 6.1 prints.
 KVER=6.1.0-56-amd64
 
 VIRTIO_MODULES=(virtio virtio_ring virtio_pci virtio_pci_modern_dev virtio_pci_legacy_dev
@@ -86,6 +88,30 @@ fetch_deb() {  # fetch_deb PACKAGE -> prints path of the cached .deb
     echo "$deb"
 }
 
+# Newest 6.1.0-N-amd64 ABI among the -unsigned kernels apt can download, or nothing.
+kver_newest() {
+    apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$' 2>/dev/null |
+        awk '{print $1}' | sed 's/^linux-image-//; s/-unsigned$//' | sort -V | tail -n1
+}
+
+# The pinned ABI if cached or served, else the newest served one (apt lists refreshed
+# once, as root, when neither is there).
+kver_pick() {
+    local newest
+    ls "$DEBS/linux-image-$KVER-unsigned"_*_amd64.deb >/dev/null 2>&1 && return 0
+    apt-cache show "linux-image-$KVER-unsigned" >/dev/null 2>&1 && return 0
+    newest=$(kver_newest)
+    if [ -z "$newest" ] && [ "$(id -u)" -eq 0 ]; then
+        apt-get update -q >&2 || die "apt-get update failed (is the Debian archive reachable?)"
+        apt-cache show "linux-image-$KVER-unsigned" >/dev/null 2>&1 && return 0
+        newest=$(kver_newest)
+    fi
+    [ -n "$newest" ] || die "no linux-image-6.1.0-*-amd64-unsigned in the Debian archive apt sees"
+    say "linux-image-$KVER-unsigned is not served here; using $newest instead"
+    KVER=$newest
+}
+
+kver_pick
 KPKG="linux-image-$KVER-unsigned"   # the -unsigned package has the plain (not signed) bzImage
 KDEB=$(fetch_deb "$KPKG")
 BDEB=$(fetch_deb busybox-static)
