@@ -70,8 +70,7 @@ void src_rate_limit(struct mig_src *s)
     due = (uint64_t)((unsigned __int128)(s->ps.bytes + xfer_bytes(&s->x)) * NS_PER_S / cap);
     elapsed = time_now_ns() - s->m->start_ns;
     if (due > elapsed) {
-        struct timespec ts = { .tv_sec = (time_t)((due - elapsed) / NS_PER_S),
-                               .tv_nsec = (long)((due - elapsed) % NS_PER_S) };
+        struct timespec ts = time_ns_to_timespec(due - elapsed);
         nanosleep(&ts, NULL);
     }
 }

@@ -31,8 +31,7 @@ static void throttle_kick(struct vm *vm, uint64_t sleep_ns, uint64_t mask)
 /* Sleeps until `until` (CLOCK_MONOTONIC) or until throttling stops. */
 static void throttle_wait(struct vm_throttle *t, uint64_t until)
 {
-    struct timespec ts = { .tv_sec = (time_t)(until / 1000000000ULL),
-                           .tv_nsec = (long)(until % 1000000000ULL) };
+    struct timespec ts = time_ns_to_timespec(until);
 
     while (t->pct && time_now_ns() < until)
         pthread_cond_timedwait(&t->cond, &t->lock, &ts);

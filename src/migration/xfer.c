@@ -137,8 +137,7 @@ static void xfer_rate_limit(struct xfer *x)
                      NS_PER_S / x->p.cap_bps);
     elapsed = time_now_ns() - x->p.start_ns;
     if (due > elapsed) {
-        struct timespec ts = { .tv_sec = (time_t)((due - elapsed) / NS_PER_S),
-                               .tv_nsec = (long)((due - elapsed) % NS_PER_S) };
+        struct timespec ts = time_ns_to_timespec(due - elapsed);
         nanosleep(&ts, NULL);
     }
 }

@@ -25,6 +25,12 @@ uint64_t thread_cpu_ns(void)
     return clock_ns(CLOCK_THREAD_CPUTIME_ID);
 }
 
+struct timespec time_ns_to_timespec(uint64_t ns)
+{
+    return (struct timespec){ .tv_sec = (time_t)(ns / 1000000000ULL),
+                              .tv_nsec = (long)(ns % 1000000000ULL) };
+}
+
 static int read_fd_all(int fd, uint8_t *buf, size_t len)
 {
     size_t done = 0;

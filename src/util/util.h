@@ -4,6 +4,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 #define KIB (1024ULL)
@@ -16,6 +17,8 @@
 
 /* Monotonic time in nanoseconds. */
 uint64_t time_now_ns(void);
+/* A duration or a CLOCK_MONOTONIC instant in nanoseconds as a timespec. */
+struct timespec time_ns_to_timespec(uint64_t ns);
 /* CPU time the calling thread has used, in nanoseconds. */
 uint64_t thread_cpu_ns(void);
 /* Reads a whole file into a malloc'd buffer; returns -errno. */

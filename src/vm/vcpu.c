@@ -273,8 +273,7 @@ static bool vcpu_requests_pending(struct vm *vm)
 static void vcpu_sleep(struct vcpu *vcpu, uint64_t ns)
 {
     uint64_t start = time_now_ns(), until = start + ns;   /* CLOCK_MONOTONIC */
-    struct timespec end = { .tv_sec = (time_t)(until / 1000000000ULL),
-                            .tv_nsec = (long)(until % 1000000000ULL) };
+    struct timespec end = time_ns_to_timespec(until);
 
     while (!vcpu_requests_pending(vcpu->vm) &&
            clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &end, NULL) == EINTR)

@@ -254,16 +254,21 @@ static int vm_setup_state(struct vm *vm)
     return vm_state_register(vm);
 }
 
+static struct boot_config vm_boot_config(const struct vm_config *cfg)
+{
+    return (struct boot_config){ cfg->kernel, cfg->initrd, cfg->cmdline, cfg->ncpus };
+}
+
 int vm_check_boot_files(const struct vm_config *cfg)
 {
-    struct boot_config boot = { cfg->kernel, cfg->initrd, cfg->cmdline, cfg->ncpus };
+    struct boot_config boot = vm_boot_config(cfg);
 
     return boot_probe(&boot);
 }
 
 int vm_create(struct vm *vm, const struct vm_config *cfg)
 {
-    struct boot_config boot = { cfg->kernel, cfg->initrd, cfg->cmdline, cfg->ncpus };
+    struct boot_config boot = vm_boot_config(cfg);
     int ret;
 
     vm->cfg = cfg;

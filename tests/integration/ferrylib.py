@@ -65,6 +65,26 @@ def assert_downtime_within(rep, limit_ms=None):
         f"downtime {total} ms, limit {limit} ms (+{DOWNTIME_MARGIN_MS} ms margin)"
 
 
+def assert_round_stalls(rounds):
+    """The condition the throttle tests create: round 2 re-dirtied at least
+    half of what it sent (the policy's test for a migration that cannot
+    converge by itself)."""
+    r = rounds[1]
+    assert r["dirty_pages"] * 2 >= r["pages"] + r["zero_pages"], \
+        f"the bandwidth cap did not stop convergence: {rounds[:3]}"
+
+
+def assert_throttle_accounted(rep, vcpus):
+    """Each throttled vCPU slept the share of each round that the round's
+    throttle asked for (a 60 % throttle: 60 % of the round), give or take
+    the rounds' edges and a busy host's late wake-ups. Computed from the
+    report: how long the rounds lasted, at which throttle."""
+    want = sum(r["duration_ms"] * r["throttle_pct"] / 100 for r in rep["rounds"])
+    slept = rep["vcpu_throttled_ms"]
+    for v in vcpus:
+        assert 0.6 * want <= slept[v] <= 1.3 * want + 50, (v, slept, want, rep["rounds"])
+
+
 class UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path, timeout=10):
         super().__init__("localhost", timeout=timeout)

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from ferrylib import (assert_continues, assert_downtime_within, free_port, hb_line, migrate,
-                      run_cli, wait_listening)
+from ferrylib import (assert_continues, assert_downtime_within, assert_round_stalls,
+                      assert_throttle_accounted, free_port, hb_line, migrate, run_cli,
+                      wait_listening)
 
 
 def source(vm_factory, memory=1024, cpus=2, cmdline="dirtier.mib=64"):
@@ -83,26 +84,6 @@ def test_dirtier_20000_converges_within_default_limit(vm_factory):
 # so no round can shrink until auto-converge slows the vCPUs down.
 CAPPED_DIRTIER = "dirtier.mib=4 dirtier.rate=4000"
 CAP_MIBS = "8"
-
-
-def assert_round_stalls(rounds):
-    """The condition the throttle tests create: round 2 re-dirtied at least
-    half of what it sent (the policy's test for a migration that cannot
-    converge by itself)."""
-    r = rounds[1]
-    assert r["dirty_pages"] * 2 >= r["pages"] + r["zero_pages"], \
-        f"the bandwidth cap did not stop convergence: {rounds[:3]}"
-
-
-def assert_throttle_accounted(rep, vcpus):
-    """Each throttled vCPU slept the share of each round that the round's
-    throttle asked for (a 60 % throttle: 60 % of the round), give or take
-    the rounds' edges and a busy host's late wake-ups. Computed from the
-    report: how long the rounds lasted, at which throttle."""
-    want = sum(r["duration_ms"] * r["throttle_pct"] / 100 for r in rep["rounds"])
-    slept = rep["vcpu_throttled_ms"]
-    for v in vcpus:
-        assert 0.6 * want <= slept[v] <= 1.3 * want + 50, (v, slept, want, rep["rounds"])
 
 
 def test_auto_converge_throttles_until_it_fits(vm_factory):

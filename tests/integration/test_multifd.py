@@ -4,7 +4,8 @@ migration must verify the guest's memory on the destination and keep its
 heartbeat going; the report's counters must tell what each technique did."""
 import pytest
 
-from ferrylib import assert_continues, free_port, hb_line, migrate, wait_listening
+from ferrylib import (assert_continues, assert_round_stalls, assert_throttle_accounted, free_port,
+                      hb_line, migrate, wait_listening)
 
 DIRTIER = "dirtier.mib=64 dirtier.rate=20000"
 # Delta and round counts need a second round whatever the host's speed: at
@@ -172,17 +173,14 @@ def test_dirty_ring_throttles_only_the_dirtying_vcpu(vm_factory):
     assert_continues(src.console.refresh(), dst.console.refresh())
     assert rep["params"]["dirty_track"] == "ring" and rep["transfer"]["dirty_track"] == "ring"
     rounds = rep["rounds"]
-    r2 = rounds[1]
-    assert r2["dirty_pages"] * 2 >= r2["pages"] + r2["zero_pages"], \
-        f"the bandwidth cap did not stop convergence: {rounds[:3]}"
+    assert_round_stalls(rounds)
     assert rep["throttle_max_pct"] >= 20, rounds
     assert rep["throttled_vcpus"] == [1]
     assert all(len(r["vcpu_dirty_pps"]) == 2 for r in rounds)
     assert rounds[0]["vcpu_dirty_pps"][1] > 5 * max(1, rounds[0]["vcpu_dirty_pps"][0])
     # vCPU 0 never slept; vCPU 1 slept each round's throttle share of it.
-    want = sum(r["duration_ms"] * r["throttle_pct"] / 100 for r in rounds)
-    slept = rep["vcpu_throttled_ms"]
-    assert slept[0] == 0 and 0.6 * want <= slept[1] <= 1.3 * want + 50, (slept, want, rounds)
+    assert rep["vcpu_throttled_ms"][0] == 0, rep["vcpu_throttled_ms"]
+    assert_throttle_accounted(rep, [1])
     # vCPU 0 kept its heartbeat (every 100 ms of guest time) through the
     # migration; a loaded host delays some, so half of them is the bound.
     hbs = [h for h in src.heartbeats() if h[1] > t0]
