@@ -181,11 +181,23 @@ int tap_open(struct tap *t, const char *name, bool attach)
      * features offered to the guest are the same on every host. */
     if (ret == 0)
         tap_probe_offloads(t);
-    if (ret == 0 && !attach)
+    if (ret == 0 && !attach) {
+        t->open_dropped = tap_drain(t);   /* the kernel would purge them uncounted */
         ret = tap_attach(t, false);
+    }
     if (ret < 0)
         tap_close(t);
     return ret;
+}
+
+uint64_t tap_drain(struct tap *t)
+{
+    uint8_t frame[64];   /* a short read still takes the whole frame off the queue */
+    uint64_t n = 0;
+
+    while (read(t->fd, frame, sizeof(frame)) >= 0)
+        n++;
+    return n;
 }
 
 int tap_attach(struct tap *t, bool on)

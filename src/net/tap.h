@@ -24,6 +24,8 @@ struct tap {
     unsigned offloads;        /* TUN_F_* accepted by this tap */
     bool attached;            /* this queue takes part in the tap's traffic */
     bool mq;                  /* IFF_MULTI_QUEUE: queues can be detached */
+    uint64_t open_dropped;    /* frames that reached this queue while tap_open
+                                 had it attached (attach=false): dropped */
 };
 
 /* "aa:bb:cc:dd:ee:ff" (pure). -EINVAL unless six hex pairs, unicast. */
@@ -38,8 +40,13 @@ int net_parse_option(const char *s, unsigned index, struct net_config *out,
 
 /* Opens (creating if needed) a multi-queue tap with a 12-byte vnet header.
  * attach=false: the queue starts detached and receives nothing until
- * tap_attach() (a migration destination takes over at resume). */
+ * tap_attach() (a migration destination takes over at resume). Opening
+ * attaches a queue for a moment (the kernel has no other way), so frames
+ * for another process on the tap can land there: they are counted in
+ * t->open_dropped. */
 int tap_open(struct tap *t, const char *name, bool attach);
+/* Takes every frame queued for this fd off the tap; returns how many. */
+uint64_t tap_drain(struct tap *t);
 /* Joins / leaves the tap's traffic (TUNSETQUEUE); idempotent. */
 int tap_attach(struct tap *t, bool on);
 /* Enables the offloads (TUN_F_*) the guest negotiated, within t->offloads. */

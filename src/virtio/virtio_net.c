@@ -372,6 +372,13 @@ int virtio_net_add(struct virtio_bus *bus, struct virtio_net *n, unsigned index,
 
     if (ret == 0)
         ret = virtio_net_register(bus, n, index, cfg->mac);
+    /* Frames for a VM already on the tap (a migration's source) that the
+     * open took: lost to it, so counted with the handover's drops. */
+    if (ret == 0 && n->tap.open_dropped) {
+        net_count(&n->st.switchover_dropped, n->tap.open_dropped);
+        log_info("%s: %llu packets dropped while joining tap %s", n->vdev.name,
+                 (unsigned long long)n->tap.open_dropped, cfg->tap);
+    }
     if (ret < 0)
         tap_close(&n->tap);
     return ret;
@@ -387,12 +394,11 @@ static void net_pause(struct virtio_dev *vdev)
         return;
     /* The host's count is read first: every drop from the detach on counts.
      * Packets still queued for this process die with it (or with the pause):
-     * counted too. The worker is parked: rxbuf is free. */
+     * counted too. */
     n->drops_at_pause = tap_host_drops(&n->tap);
     left = n->pending_len != 0;            /* a frame that waited for buffers */
     n->pending_len = 0;
-    while (read(n->tap.fd, n->rxbuf, sizeof(n->rxbuf)) >= 0)
-        left++;
+    left += tap_drain(&n->tap);
     tap_attach(&n->tap, false);
     n->queued_at_pause = left;
     n->drops_valid = true;
