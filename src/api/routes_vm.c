@@ -8,10 +8,11 @@
 
 static json_t *vcpu_json(struct vcpu *v)
 {
-    return json_pack("{s:i, s:s, s:I, s:I}", "id", (int)v->id,
+    return json_pack("{s:i, s:s, s:I, s:I, s:I}", "id", (int)v->id,
                      "state", __atomic_load_n(&v->paused, __ATOMIC_RELAXED) ? "paused" : "running",
                      "exits", (json_int_t)__atomic_load_n(&v->exits, __ATOMIC_RELAXED),
-                     "io_exits", (json_int_t)__atomic_load_n(&v->io_exits, __ATOMIC_RELAXED));
+                     "io_exits", (json_int_t)__atomic_load_n(&v->io_exits, __ATOMIC_RELAXED),
+                     "guard_kicks", (json_int_t)__atomic_load_n(&v->guard_kicks, __ATOMIC_RELAXED));
 }
 
 static json_t *snapshot_json(struct vm *vm)

@@ -133,6 +133,21 @@ void vcpu_kick(struct vcpu *vcpu)
         pthread_kill(vcpu->thread, VCPU_KICK_SIGNAL);
 }
 
+/* The wake-up guard (vm.c). KVM_RUN enters again after the kick, and entering
+ * makes KVM look at the vCPU's interrupts afresh: this host's KVM has been
+ * seen to leave a halted vCPU asleep with a timer vector pending in its LAPIC
+ * for good (docs/BENCHMARKS.md, 2026-11-24), and the guest with it. */
+void vcpu_guard_check(struct vcpu *vcpu, bool running)
+{
+    uint64_t exits = __atomic_load_n(&vcpu->exits, __ATOMIC_RELAXED);
+
+    if (running && vcpu->thread_started && exits == vcpu->guard_exits) {
+        __atomic_fetch_add(&vcpu->guard_kicks, 1, __ATOMIC_RELAXED);
+        vcpu_kick(vcpu);
+    }
+    vcpu->guard_exits = exits;
+}
+
 static void vcpu_io(struct vcpu *vcpu)
 {
     struct kvm_run *run = vcpu->run;

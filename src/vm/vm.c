@@ -336,6 +336,22 @@ void vm_request_stop(struct vm *vm, int code, const char *reason)
         log_err("waking the main thread: %s", strerror(errno));
 }
 
+/* Every period, a vCPU that has not left KVM_RUN since the last look is kicked
+ * so that KVM looks at its interrupts again (vcpu.c says why). An idle vCPU
+ * pays a few exits a second; a lost wake-up costs the guest one period. */
+#define VM_WAKE_GUARD_MS 250
+
+static void vm_wake_guard(struct vm *vm)
+{
+    bool running;
+
+    pthread_mutex_lock(&vm->lock);
+    running = vm->state == VM_RUNNING && !vm->pause_req;
+    pthread_mutex_unlock(&vm->lock);
+    for (unsigned i = 0; i < vm->ncpus; i++)
+        vcpu_guard_check(&vm->vcpus[i], running);
+}
+
 static void vm_wait_stop(struct vm *vm)
 {
     sigset_t set;
@@ -350,8 +366,12 @@ static void vm_wait_stop(struct vm *vm)
     pfd[0] = (struct pollfd){ .fd = vm->stop_efd, .events = POLLIN };
     pfd[1] = (struct pollfd){ .fd = signalfd(-1, &set, SFD_CLOEXEC), .events = POLLIN };
     while (!__atomic_load_n(&vm->stop_req, __ATOMIC_ACQUIRE)) {
-        if (poll(pfd, 2, -1) < 0 && errno != EINTR)
+        int n = poll(pfd, 2, VM_WAKE_GUARD_MS);
+
+        if (n < 0 && errno != EINTR)
             break;
+        if (n == 0)
+            vm_wake_guard(vm);
         if ((pfd[1].revents & POLLIN) && read(pfd[1].fd, &si, sizeof(si)) == sizeof(si)) {
             snprintf(reason, sizeof(reason), "stopped by signal %s", strsignal((int)si.ssi_signo));
             vm_request_stop(vm, 128 + (int)si.ssi_signo, reason);

@@ -75,6 +75,8 @@ struct vcpu {
     uint64_t io_exits;
     uint64_t throttle_ns;     /* auto-converge: sleep this long before re-entry */
     uint64_t throttled_ns;    /* auto-converge: slept in all (for the report) */
+    uint64_t guard_exits;     /* wake-up guard (vm.c): exits at its last look */
+    uint64_t guard_kicks;
 };
 
 /* Auto-converge's state (migration/throttle.c drives it); cond uses
@@ -189,6 +191,8 @@ const char *snapshot_state_name(int state);
 int vcpu_create(struct vm *vm, unsigned id);
 int vcpu_start(struct vcpu *vcpu);
 void vcpu_kick(struct vcpu *vcpu);
+/* Kicks a vCPU that has not exited since the last call; main thread. */
+void vcpu_guard_check(struct vcpu *vcpu, bool running);
 void vcpu_destroy(struct vcpu *vcpu);
 int vcpu_signals_init(void);
 

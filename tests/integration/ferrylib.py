@@ -8,6 +8,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -181,8 +182,33 @@ class Vm:
             if time.monotonic() > deadline:
                 raise AssertionError(f"timeout waiting for /{pattern}/;"
                                      f"\n--- console ---\n{self.console.text[-3000:]}"
-                                     f"\n--- stderr ---\n{self.stderr_text()[-3000:]}")
+                                     f"\n--- stderr ---\n{self.stderr_text()[-3000:]}"
+                                     f"{self.silence_report()}")
             time.sleep(0.05)
+
+    def silence_report(self):
+        """Why a running guest stays silent: its vCPUs as the API and a snapshot show
+        them (bench/vcpu_diag.py), and whether the guest ran again after the kick that
+        the snapshot's pause and resume gives every vCPU."""
+        if not self.sock or self.proc.poll() is not None:
+            return ""
+        try:
+            sys.path.insert(0, os.path.join(ROOT, "bench"))
+            import vcpu_diag
+            info = self.api("GET", "/v1/vm")[1]
+            if info.get("state") != "running":
+                return ""
+            before = len(self.heartbeats())
+            path = os.path.join(self.dir, "silent.snap")
+            self.api("PUT", "/v1/vm/snapshot", {"path": path, "resume": True})
+            diag = vcpu_diag.diagnose(path)
+            os.unlink(path)
+            time.sleep(1.5)
+            return (f"\n--- silent guest ---\nvCPUs: {info.get('vcpu_states')}\n"
+                    f"{json.dumps(diag)}\nheartbeats in the 1.5 s after a pause/resume: "
+                    f"{len(self.heartbeats()) - before}")
+        except Exception as e:          # the diagnosis must not hide the failure
+            return f"\n--- silent guest: no diagnosis ({e!r})"
 
     def mark(self):
         return len(self.console.refresh())

@@ -24,7 +24,7 @@ def test_linux_pvh_early_boot(vm_factory):
     cmdline = "console=ttyS0 earlyprintk=serial,ttyS0,115200 ferry.marker=42"
     vm = vm_factory(kernel=VMLINUX, memory=512, cpus=2, api_socket=False,
                     extra=["--initrd", INITRD, "--cmdline", cmdline])
-    vm.wait_for(r"Linux version 6\.", timeout=60)
+    vm.wait_for(r"Linux version 6\.", timeout=240)
     vm.wait_for(r"smpboot: Allowing 2 CPUs", timeout=240)
     log = vm.console.refresh()
     e820 = re.findall(r"BIOS-e820: \[mem (0x[0-9a-f]+)-(0x[0-9a-f]+)\] (\w+)", log)
@@ -44,7 +44,7 @@ def test_linux_bzimage_boot_protocol(vm_factory):
     vm = vm_factory(kernel=VMLINUZ, memory=512, cpus=1, api_socket=False,
                     extra=["--initrd", INITRD,
                            "--cmdline", "console=ttyS0 earlyprintk=serial,ttyS0,115200 nokaslr"])
-    vm.wait_for(r"KASLR disabled: 'nokaslr' on cmdline", timeout=120)
+    vm.wait_for(r"KASLR disabled: 'nokaslr' on cmdline", timeout=240)
     assert vm.proc.poll() is None
 
 
@@ -55,7 +55,7 @@ def test_linux_snapshot_restore_continues(vm_factory, tmp_path):
     cmdline = "console=ttyS0 earlyprintk=serial,ttyS0,115200"
     vm = vm_factory(kernel=VMLINUX, memory=512, cpus=2,
                     extra=["--initrd", INITRD, "--cmdline", cmdline])
-    vm.wait_for(r"Hypervisor detected: KVM", timeout=120)
+    vm.wait_for(r"Hypervisor detected: KVM", timeout=240)
     vm.wait_api()
     snap = tmp_path / "linux.snap"
     r = run_cli("snapshot", "--api-socket", vm.sock, str(snap), timeout=240)
