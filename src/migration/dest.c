@@ -13,6 +13,7 @@
 
 #include "cli/args.h"
 #include "migration/channel.h"
+#include "migration/dest_internal.h"
 #include "migration/migration.h"
 #include "migration/postcopy.h"
 #include "state/stream.h"
@@ -22,27 +23,6 @@
 
 #define DST_TIMEOUT_S 60
 #define DST_IOBUF     (1u << 20)
-
-struct mig_dst {
-    struct migration *m;
-    struct vm *vm;
-    struct run_args *a;
-    int lfd;                    /* kept open: urgent channel and recovery */
-    int sock;
-    struct stream_io in, out;
-    bool start_paused;
-    bool postcopy;
-    char err[256];
-    /* post-copy */
-    struct pc_dst pc;
-    int usock;
-    struct stream_io uin, uout;
-    pthread_t uthread, thread;
-    bool uthread_started, thread_started, stop;
-    /* parallel engine */
-    unsigned nconns;
-    struct xfer_dst xd;
-};
 
 static struct mig_dst *dst_current;   /* the one incoming migration of this process */
 
@@ -247,9 +227,11 @@ static int dst_wait_data(struct mig_dst *d, uint32_t round)
     return ret;
 }
 
-static void dst_account(struct mig_dst *d, const struct stream_record *r, const uint8_t *p)
+/* Progress for the status; a pages record too short for its header (u32
+ * count, u32 reserved) is refused before its count is read. */
+static int dst_account(struct mig_dst *d, const struct stream_record *r, const uint8_t *p)
 {
-    uint32_t round;
+    uint32_t round, count;
 
     __atomic_store_n(&d->m->bytes, d->in.bytes, __ATOMIC_RELAXED);
     if (r->type == REC_ROUND && r->length >= 4) {
@@ -258,10 +240,15 @@ static void dst_account(struct mig_dst *d, const struct stream_record *r, const 
         d->m->round = round;
         pthread_mutex_unlock(&d->m->lock);
     } else if (r->type == REC_PAGES) {
-        uint32_t count;
+        if (r->length < 8) {
+            snprintf(d->err, sizeof(d->err), "pages record of %llu bytes is shorter than "
+                     "its 8-byte header", (unsigned long long)r->length);
+            return -EPROTO;
+        }
         memcpy(&count, p, 4);
         __atomic_fetch_add(&d->m->pages_normal, count, __ATOMIC_RELAXED);
     }
+    return 0;
 }
 
 static int dst_start_postcopy(struct mig_dst *d);
@@ -311,7 +298,7 @@ static int dst_record(struct mig_dst *d, const struct stream_record *r, const ui
 }
 
 /* Pages and state until the end marker. Nothing runs before it. */
-static int dst_receive(struct mig_dst *d)
+int dst_receive(struct mig_dst *d)
 {
     struct stream_record r;
     uint8_t *p;
@@ -345,8 +332,9 @@ static int dst_receive(struct mig_dst *d)
             free(p);
             return r.type == REC_END ? 0 : -ECANCELED;
         }
-        dst_account(d, &r, p);
-        ret = dst_record(d, &r, p);
+        ret = dst_account(d, &r, p);
+        if (ret == 0)
+            ret = dst_record(d, &r, p);
         free(p);
         if (ret < 0)
             return ret;
