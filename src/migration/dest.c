@@ -297,6 +297,20 @@ static int dst_record(struct mig_dst *d, const struct stream_record *r, const ui
     }
 }
 
+/* CANCEL is {i32 status, text}: the text is not trusted to end in a NUL,
+ * so at most the rest of the payload is printed. */
+static void dst_cancelled(struct mig_dst *d, const struct stream_record *r, const uint8_t *p)
+{
+    const char *text = "cancelled";
+    uint64_t n = strlen(text);
+
+    if (r->length > 4) {
+        text = (const char *)p + 4;
+        n = MIN(r->length - 4, sizeof(d->err));
+    }
+    snprintf(d->err, sizeof(d->err), "the source ended the migration: %.*s", (int)n, text);
+}
+
 /* Pages and state until the end marker. Nothing runs before it. */
 int dst_receive(struct mig_dst *d)
 {
@@ -327,8 +341,7 @@ int dst_receive(struct mig_dst *d)
         }
         if (r.type == REC_END || r.type == REC_CANCEL) {
             if (r.type == REC_CANCEL)
-                snprintf(d->err, sizeof(d->err), "the source ended the migration: %s",
-                         r.length > 4 ? (const char *)p + 4 : "cancelled");
+                dst_cancelled(d, &r, p);
             free(p);
             return r.type == REC_END ? 0 : -ECANCELED;
         }

@@ -55,10 +55,31 @@ static void test_short_pages_record(void **state)
     }
 }
 
+/* The cancel text is printed up to the record's end, NUL or not. */
+static void test_cancel_text_bounded(void **state)
+{
+    uint8_t buf[4 + 3] = { 0xea, 0xff, 0xff, 0xff, 'a', 'b', 'c' };   /* no NUL */
+    uint8_t sent[4 + 4] = { 0 };
+    struct migration m;
+    struct mig_dst d;
+
+    (void)state;
+    assert_int_equal(receive_one(&d, &m, REC_CANCEL, buf, sizeof(buf)), -ECANCELED);
+    assert_string_equal(d.err, "the source ended the migration: abc");
+    /* Only a status: no text. */
+    assert_int_equal(receive_one(&d, &m, REC_CANCEL, buf, 4), -ECANCELED);
+    assert_string_equal(d.err, "the source ended the migration: cancelled");
+    /* What mig_send_status() sends: text with its NUL. */
+    memcpy(sent + 4, "bye", 4);
+    assert_int_equal(receive_one(&d, &m, REC_CANCEL, sent, sizeof(sent)), -ECANCELED);
+    assert_string_equal(d.err, "the source ended the migration: bye");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_short_pages_record),
+        cmocka_unit_test(test_cancel_text_bounded),
     };
 
     return cmocka_run_group_tests_name("dest", tests, NULL, NULL);
