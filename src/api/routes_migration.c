@@ -11,6 +11,10 @@
 #include "util/util.h"
 #include "vm/vm.h"
 
+/* The largest values that still fit once made bytes/s and ns. */
+#define MIG_MAX_BANDWIDTH_MIBS (UINT64_MAX >> 20)
+#define MIG_MAX_TIME_S         (UINT64_MAX / 1000000000ULL)
+
 /* The transfer engine's options: connections (-1: one per core, up to 4),
  * compression, delta cache, dirty tracking. */
 static int mig_xfer_params(struct mig_params *p, json_int_t conns, const char *compress,
@@ -68,6 +72,12 @@ static int mig_params_from_json(json_t *body, struct mig_params *p, int *wait, c
                  "precopy, postcopy or hybrid");
         return -EINVAL;
     }
+    if ((uint64_t)bw > MIG_MAX_BANDWIDTH_MIBS)
+        return snprintf(err, len, "bandwidth_mibs must be at most %llu MiB/s",
+                        (unsigned long long)MIG_MAX_BANDWIDTH_MIBS), -EINVAL;
+    if ((uint64_t)max_time > MIG_MAX_TIME_S)
+        return snprintf(err, len, "max_time_s must be at most %llu s",
+                        (unsigned long long)MIG_MAX_TIME_S), -EINVAL;
     if (mig_xfer_params(p, conns, compress, delta, dirty_track, err, len) < 0)
         return -EINVAL;
     p->mode = mode[0] == 'h' ? MIG_MODE_HYBRID : mode[4] == 'c' ? MIG_MODE_POSTCOPY

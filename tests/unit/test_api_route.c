@@ -27,7 +27,9 @@
 #include <jansson.h>
 
 #include "api/api.h"
+#include "api/routes_migration.h"
 #include "cli/client.h"
+#include "vm/vm.h"
 
 /* ------------------------------------------------------------------ routing */
 
@@ -636,6 +638,51 @@ static void test_api_error_object(void **state)
     json_decref(err);
 }
 
+/* PUT /v1/migration with one integer option; the VM is never started, so a
+ * request that parses ends in 409 ("the VM is created"). */
+static int migration_start(const char *key, json_int_t value, char *err, size_t len)
+{
+    const struct api_route *r;
+    struct vm *vm = calloc(1, sizeof(*vm));
+    json_t *body = json_pack("{s:s, s:I}", "uri", "tcp:127.0.0.1:1", key, value);
+    json_t *resp = NULL;
+    int status;
+
+    assert_non_null(vm);
+    r = api_route_find(migration_routes, migration_routes_count, "PUT", "/v1/migration",
+                       &status);
+    assert_non_null(r);
+    status = r->fn(vm, body, &resp);
+    snprintf(err, len, "%s", resp ? json_string_value(json_object_get(resp, "error")) : "");
+    json_decref(resp);
+    json_decref(body);
+    free(vm);
+    return status;
+}
+
+/* MiB/s to bytes/s and s to ns must not wrap: the largest values that fit
+ * still parse, one more is a 400 that says the limit. */
+static void test_migration_limits_overflow(void **state)
+{
+    const json_int_t bw_max = (json_int_t)(UINT64_MAX >> 20);
+    const json_int_t time_max = (json_int_t)(UINT64_MAX / 1000000000ULL);
+    char err[256];
+
+    (void)state;
+    assert_int_equal(migration_start("bandwidth_mibs", 100, err, sizeof(err)), 409);
+    assert_int_equal(migration_start("bandwidth_mibs", bw_max, err, sizeof(err)), 409);
+    assert_int_equal(migration_start("bandwidth_mibs", bw_max + 1, err, sizeof(err)), 400);
+    assert_non_null(strstr(err, "bandwidth_mibs must be at most 17592186044415"));
+    assert_int_equal(migration_start("bandwidth_mibs", INT64_MAX, err, sizeof(err)), 400);
+    assert_int_equal(migration_start("max_time_s", 60, err, sizeof(err)), 409);
+    assert_int_equal(migration_start("max_time_s", time_max, err, sizeof(err)), 409);
+    assert_int_equal(migration_start("max_time_s", time_max + 1, err, sizeof(err)), 400);
+    assert_non_null(strstr(err, "max_time_s must be at most 18446744073"));
+    assert_int_equal(migration_start("max_time_s", INT64_MAX, err, sizeof(err)), 400);
+    /* Negative values keep their old answer. */
+    assert_int_equal(migration_start("bandwidth_mibs", -1, err, sizeof(err)), 400);
+}
+
 /* ----------------------------------------------------- start/stop and socket */
 
 static void test_start_path_errors(void **state)
@@ -994,6 +1041,7 @@ int main(void)
         cmocka_unit_test(test_route_trailing_slash_404),
         cmocka_unit_test(test_route_empty_table),
         cmocka_unit_test(test_api_error_object),
+        cmocka_unit_test(test_migration_limits_overflow),
         E2E(test_e2e_routes),
         E2E(test_e2e_bodies),
         E2E(test_e2e_handler_errors),
