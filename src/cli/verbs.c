@@ -286,6 +286,17 @@ int verb_migrate_main(int argc, char **argv)
     return ret;
 }
 
+/* {"uri": URI}, built by jansson: it escapes quotes and backslashes.
+ * NULL if URI is not UTF-8 (or out of memory). */
+static char *verb_uri_body(const char *uri)
+{
+    json_t *json = json_pack("{s:s}", "uri", uri);
+    char *body = json ? json_dumps(json, JSON_COMPACT) : NULL;
+
+    json_decref(json);
+    return body;
+}
+
 /* migrate-status (GET), migrate-cancel, migrate-postcopy, migrate-abort, and
  * migrate-recover [tcp:HOST:PORT] (PUT /v1/migration/<action>). */
 int verb_migrate_simple_main(int argc, char **argv)
@@ -296,8 +307,8 @@ int verb_migrate_simple_main(int argc, char **argv)
     };
     const char *sock = NULL, *action = argv[0] + strlen("migrate-");
     bool takes_uri = strcmp(action, "recover") == 0;
-    char path[64], body[512];
-    int opt;
+    char path[64], *body = NULL;
+    int opt, ret;
 
     optind = 0;
     opterr = 0;
@@ -311,8 +322,13 @@ int verb_migrate_simple_main(int argc, char **argv)
     if (strcmp(action, "status") == 0)
         return client_verb_request(argv[0], sock, "GET", "/v1/migration", NULL);
     snprintf(path, sizeof(path), "/v1/migration/%s", action);
-    snprintf(body, sizeof(body), "{\"uri\": \"%.400s\"}", optind < argc ? argv[optind] : "");
-    return client_verb_request(argv[0], sock, "PUT", path, optind < argc ? body : NULL);
+    if (optind < argc && !(body = verb_uri_body(argv[optind]))) {
+        fprintf(stderr, "ferry %s: the URI is not valid UTF-8\n", argv[0]);
+        return CLIENT_EXIT_USAGE;
+    }
+    ret = client_verb_request(argv[0], sock, "PUT", path, body);
+    free(body);
+    return ret;
 usage:
     fprintf(stderr, "usage: ferry %s --api-socket PATH%s\n", argv[0],
             takes_uri ? " [tcp:HOST:PORT]" : "");

@@ -29,6 +29,7 @@
 #include "api/api.h"
 #include "api/routes_migration.h"
 #include "cli/client.h"
+#include "cli/verbs.h"
 #include "vm/vm.h"
 
 /* ------------------------------------------------------------------ routing */
@@ -230,6 +231,7 @@ static const struct api_route fake_routes[] = {
     { "GET", "/v1/204-with-body", h_204_with_body },
     { "GET", "/v1/200-no-body", h_200_no_body },
     { "PUT", "/v1/slow", h_slow },
+    { "PUT", "/v1/migration/recover", h_echo },
 };
 #define NFAKE (sizeof(fake_routes) / sizeof(fake_routes[0]))
 
@@ -1030,6 +1032,29 @@ static void test_cli_repeated_parse(void **state)
     assert_int_equal(atomic_load(&f->vm.get_calls), 3);
 }
 
+/* migrate-recover sends its URI as JSON: quotes and backslashes escaped. */
+static void test_cli_recover_uri_escaped(void **state)
+{
+    static const char uri[] = "tcp:a\"b\\c:1";
+    struct fixture *f = *state;
+    char *argv[] = { (char *)"migrate-recover", (char *)"--api-socket", f->sock, (char *)uri,
+                     NULL };
+    char *out, *err;
+    json_t *json;
+
+    fixture_start(f);
+    assert_int_equal(capture(verb_migrate_simple_main, 4, argv, &out, &err), CLIENT_EXIT_OK);
+    assert_string_equal(err, "");
+    json = json_loads(out, 0, NULL);
+    assert_non_null(json);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(json, "echo"), "uri")),
+                        uri);
+    json_decref(json);
+    free(out);
+    free(err);
+    assert_int_equal(atomic_load(&f->vm.echo_calls), 1);
+}
+
 #define E2E(fn) cmocka_unit_test_setup_teardown(fn, fixture_setup, fixture_teardown)
 
 int main(void)
@@ -1058,6 +1083,7 @@ int main(void)
         E2E(test_cli_generic_request),
         E2E(test_cli_usage),
         E2E(test_cli_repeated_parse),
+        E2E(test_cli_recover_uri_escaped),
     };
 
     return cmocka_run_group_tests_name("api", tests, NULL, NULL);
