@@ -305,17 +305,27 @@ static void src_update_bandwidth(struct mig_src *s, uint64_t bytes, uint64_t ns,
 
 /* Waits until the destination has applied everything sent so far, so that
  * nothing is still queued in socket buffers when the VM is paused (it would
- * have to drain inside the downtime) and the round's rate is end to end. */
+ * have to drain inside the downtime) and the round's rate is end to end.
+ * A destination silent for the socket's timeout (SRC_TIMEOUT_S) has failed,
+ * unless the data connections moved meanwhile: it is still applying what
+ * they carry (slow under a low --bandwidth). A timeout inside a record is
+ * never retried: the stream would be out of step. */
 int src_wait_round_ack(struct mig_src *s)
 {
     uint8_t buf[MIG_CTRL_MAX];
     char why[256];
+    uint64_t got, sent;
     uint32_t len;
     int ret;
 
-    do
+    do {
+        got = s->in.bytes;
+        sent = xfer_bytes(&s->x);
         ret = chan_read_ctrl(&s->in, REC_ROUND_ACK, buf, &len, why, sizeof(why));
-    while (ret == -EAGAIN && !src_cancelled(s) && (s->in.err = 0) == 0);
+    } while (ret == -EAGAIN && s->in.bytes == got && xfer_bytes(&s->x) != sent &&
+             !src_cancelled(s) && (s->in.err = 0) == 0);
+    if (ret == -EAGAIN)
+        ret = -ETIMEDOUT;
     return ret < 0 ? src_fail(s, ret, "waiting for the destination: %.200s", why) : 0;
 }
 
