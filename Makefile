@@ -16,9 +16,12 @@ ferry: deps
 	@test -f $(BUILD)/build.ninja || meson setup $(BUILD) $(MESON_OPTS) >/dev/null
 	@ninja -C $(BUILD) ferry
 
+# The test build: sanitizers, and the FERRY_TEST_* fault knobs (a release build
+# never reads them). An older test build directory is reconfigured once.
 asan: deps
-	@test -f $(ASAN_BUILD)/build.ninja || \
-	  meson setup $(ASAN_BUILD) -Db_sanitize=address,undefined -Db_lundef=false >/dev/null
+	@grep -qs -- -DFERRY_TEST_HOOKS $(ASAN_BUILD)/build.ninja || \
+	  meson setup $(if $(wildcard $(ASAN_BUILD)/build.ninja),--reconfigure) $(ASAN_BUILD) \
+	    -Db_sanitize=address,undefined -Db_lundef=false -Dtest_hooks=true >/dev/null
 	@ninja -C $(ASAN_BUILD)
 
 guest: deps

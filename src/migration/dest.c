@@ -18,11 +18,13 @@
 #include "migration/postcopy.h"
 #include "state/stream.h"
 #include "util/log.h"
+#include "util/testhook.h"
 #include "util/util.h"
 #include "vm/vm.h"
 
 #define DST_TIMEOUT_S 60
 #define DST_IOBUF     (1u << 20)
+#define DST_ACCEPT_BACKOFF_US 100000
 
 static struct mig_dst *dst_current;   /* the one incoming migration of this process */
 
@@ -49,11 +51,11 @@ static int dst_refuse(struct mig_dst *d, int ret, const char *why)
 }
 
 /* A feature this destination was told not to offer (a test knob standing
- * in for an older or differently built ferry): FERRY_INCOMING_DISABLE is a
- * comma-separated list of lz4, zstd, delta, connections. */
+ * in for an older or differently built ferry): FERRY_TEST_INCOMING_DISABLE
+ * is a comma-separated list of lz4, zstd, delta, connections. */
 static bool dst_disabled(const char *what)
 {
-    const char *env = getenv("FERRY_INCOMING_DISABLE"), *p = env;
+    const char *env = test_hook("FERRY_TEST_INCOMING_DISABLE"), *p = env;
     size_t n = strlen(what);
 
     while (p && (p = strstr(p, what)) != NULL) {
@@ -444,6 +446,17 @@ static int dst_wait_urgent_or_cancel(struct mig_dst *d)
     return 0;
 }
 
+/* A refused or failed accept (out of descriptors, a stranger's handshake)
+ * waits a moment before the next: failing again at once would spin a core,
+ * and a peer that keeps knocking is slowed down. Said once per wait. */
+static void dst_accept_backoff(struct mig_dst *d, int err)
+{
+    if (!d->recover_warned)
+        log_warn("post-copy: a recovery connection failed (%s); still waiting", strerror(-err));
+    d->recover_warned = true;
+    usleep(DST_ACCEPT_BACKOFF_US);
+}
+
 /* Waits for the source to come back (it retries by itself, or the operator
  * runs migrate-recover), tells it which pages are still missing, and takes
  * the urgent channel back. The VM keeps running; vCPUs that fault wait. */
@@ -458,13 +471,16 @@ static int dst_pc_recover(struct mig_dst *d)
         close(d->sock);
     d->sock = -1;
     dst_set_state(d, MIG_POSTCOPY_PAUSED);
+    d->recover_warned = false;
     log_warn("post-copy: connection to the source lost; waiting for it to reconnect");
     for (;;) {
         if (__atomic_load_n(&d->stop, __ATOMIC_ACQUIRE))
             return -ECANCELED;
         ret = dst_accept_channel(d, MIG_FLAG_RECOVER, &d->sock, &d->in, &d->out);
-        if (ret < 0)
+        if (ret < 0) {
+            dst_accept_backoff(d, ret);
             continue;
+        }
         pthread_mutex_lock(&d->pc.lock);
         ret = pc_bitmap_encode(&d->pc.needed, &bm, &len);
         pthread_mutex_unlock(&d->pc.lock);

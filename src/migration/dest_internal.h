@@ -27,6 +27,7 @@ struct mig_dst {
     struct stream_io uin, uout;
     pthread_t uthread, thread;
     bool uthread_started, thread_started, stop;
+    bool recover_warned;        /* a failed recovery accept was logged */
     /* parallel engine */
     unsigned nconns;
     struct xfer_dst xd;

@@ -18,6 +18,7 @@
 #include "migration/throttle.h"
 #include "state/pages.h"
 #include "util/log.h"
+#include "util/testhook.h"
 #include "util/util.h"
 #include "vm/vm.h"
 
@@ -572,7 +573,7 @@ static bool src_stop_fits(struct mig_src *s, int64_t pages, uint64_t stopped_ns)
  * pause that long, as a host whose CPUs are all busy can (34 ms was seen). */
 static void src_test_slow_stop(struct mig_src *s)
 {
-    const char *env = getenv("FERRY_TEST_SLOW_STOP_MS");
+    const char *env = test_hook("FERRY_TEST_SLOW_STOP_MS");
 
     if (env && s->m->stop_retries == 0)
         usleep((useconds_t)strtoul(env, NULL, 10) * 1000);
@@ -768,15 +769,30 @@ static void src_cleanup(struct mig_src *s, int ret)
     stream_io_free(&s->in);
 }
 
+/* Failed before anything started: nothing to undo, but `migrate --wait` and
+ * GET /v1/migration must see it end. */
+static void src_fail_setup(struct migration *m, const char *why)
+{
+    log_err("migration failed: %s; the VM keeps running here", why);
+    pthread_mutex_lock(&m->lock);
+    m->state = MIG_FAILED;
+    m->total_ns = time_now_ns() - m->start_ns;
+    snprintf(m->error, sizeof(m->error), "%s", why);
+    pthread_cond_broadcast(&m->done);
+    pthread_mutex_unlock(&m->lock);
+}
+
 static void *src_thread(void *arg)
 {
     struct migration *m = arg;
-    struct mig_src *s = calloc(1, sizeof(*s));
+    struct mig_src *s = test_hook("FERRY_TEST_FAIL_ALLOC") ? NULL : calloc(1, sizeof(*s));
     int ret;
 
     pthread_setname_np(pthread_self(), "migration");
-    if (!s)
+    if (!s) {
+        src_fail_setup(m, "out of memory for the migration's state");
         return NULL;
+    }
     *s = (struct mig_src){ .m = m, .vm = m->vm, .sock = -1, .usock = -1 };
     ret = src_run(s);
     src_cleanup(s, ret);

@@ -120,6 +120,21 @@ def test_slow_stop_is_undone_and_retried(vm_factory, monkeypatch):
     assert_runs_on(src, dst)
 
 
+def test_setup_failure_ends_the_migration(vm_factory, monkeypatch):
+    # The source cannot allocate the migration's state (a test knob): the
+    # migration must end as failed (it used to stay in setup, and `--wait`
+    # hung), and the VM keeps running.
+    monkeypatch.setenv("FERRY_TEST_FAIL_ALLOC", "1")
+    src = source(vm_factory, memory=256, cmdline="dirtier.mib=16")
+    monkeypatch.delenv("FERRY_TEST_FAIL_ALLOC")
+    dst, uri = destination(vm_factory)
+    rc, rep, err = migrate(src, uri, timeout=20)
+    assert rc != 0
+    assert rep["state"] == "failed" and "out of memory" in rep["error"], rep
+    assert_still_running(src)
+    src.wait_for(r"^VERIFY ok", timeout=10, start=src.mark())
+
+
 def test_max_time_fail_keeps_source_running(vm_factory):
     src = source(vm_factory, cmdline="dirtier.mib=256 dirtier.rate=-1")
     dst, uri = destination(vm_factory)

@@ -25,10 +25,10 @@ def destination(vm_factory, monkeypatch=None, disable=None):
     port = free_port()
     uri = f"tcp:127.0.0.1:{port}"
     if disable:
-        monkeypatch.setenv("FERRY_INCOMING_DISABLE", disable)
+        monkeypatch.setenv("FERRY_TEST_INCOMING_DISABLE", disable)
     vm = vm_factory(incoming=uri)
     if disable:
-        monkeypatch.delenv("FERRY_INCOMING_DISABLE")
+        monkeypatch.delenv("FERRY_TEST_INCOMING_DISABLE")
     wait_listening(port)
     return vm, uri
 

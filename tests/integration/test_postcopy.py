@@ -1,6 +1,7 @@
 """Post-copy and hybrid migration on real KVM: write-heavy guests finish, a
 broken connection is recovered without losing the VM, and an abort ends
 both sides with a clear account."""
+import socket
 import time
 
 import pytest
@@ -150,6 +151,21 @@ def break_postcopy(src, proxy, bandwidth):
     wait_state(src, ("postcopy-paused",))
 
 
+def knock_while_paused(port, n=10):
+    """Strangers knock on the waiting destination one after another, each with
+    a garbage header: each is refused, and the next is taken only after a pause
+    (100 ms), so a failing accept or a knocking peer cannot spin it. A lower
+    bound on time: a slow host only makes it longer."""
+    t0 = time.monotonic()
+    for _ in range(n):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"\xa5" * 112)
+            while s.recv(4096):
+                pass
+    took = time.monotonic() - t0
+    assert took >= 0.09 * (n - 1), f"{n} refused knocks took only {took:.3f} s"
+
+
 def test_manual_recover_elsewhere(vm_factory):
     """The link breaks and stays broken: the operator points the source at a
     new path to the destination with migrate-recover."""
@@ -163,6 +179,7 @@ def test_manual_recover_elsewhere(vm_factory):
         assert status == 409, body
         status, body = dst.api("PUT", "/v1/migration", {"uri": "tcp:127.0.0.1:9"})
         assert status == 409 and "post-copy" in body["error"], body
+        knock_while_paused(port)
         r = run_cli("migrate-recover", "--api-socket", src.sock, second.uri)
         assert r.returncode == 0, r.stderr
         assert src.wait_exit(120) == 0, src.stderr_text()
