@@ -55,7 +55,7 @@ PY
 # Every fuzz target for a short bounded time, FUZZ_SECONDS (30) split among
 # them (make fuzz runs each longer); each target counts as one test.
 run_fuzz() {
-    local t targets=(stream delta decompress virtqueue) secs
+    local t targets=(stream delta decompress virtqueue dest) secs
     secs=$(( ${FUZZ_SECONDS:-30} / ${#targets[@]} ))
     [ "$secs" -ge 1 ] || secs=1
     for t in "${targets[@]}"; do
