@@ -418,7 +418,7 @@ class Run:
         scon, dcon = B.Console(f["src.console"]), B.Console(f["dst.console"])
         self.boot(scon, src)
         cmd = [B.FERRY, "migrate", "--api-socket", f["src.sock"], f"tcp:127.0.0.1:{self.port}",
-               "--downtime-ms", str(self.sc["downtime_ms"]), "--wait"]
+               "--downtime-ms", str(self.sc["downtime_ms"]), "--wait", "--json"]
         if bandwidth(self.sc, a):
             cmd += ["--bandwidth", str(bandwidth(self.sc, a))]
         cmd += ferry_transfer_args(self.sc)
@@ -1052,7 +1052,7 @@ def _commands(args):
     """The commands of one run, with placeholders (MEM, CPUS, MIB, RATE, LIMIT, PORT)."""
     fifo = "DEBUGCON.fifo"
     mig = [B.FERRY, "migrate", "--api-socket", "SRC.sock", "tcp:127.0.0.1:PORT",
-           "--downtime-ms", "LIMIT", "--wait"]
+           "--downtime-ms", "LIMIT", "--wait", "--json"]
     if args.bandwidth:
         mig += ["--bandwidth", str(args.bandwidth)]
     if args.auto_converge:

@@ -65,7 +65,7 @@ port=$(( (RANDOM % 20000) + 30000 ))
     --console "file:$dconsole" </dev/null 2>"$work/dest.err" &
 dpid=$!
 for ((i = 0; i < 50; i++)); do [ -S "$dsock" ] && break; sleep 0.1; done
-"$ferry" migrate --api-socket "$sock" "tcp:127.0.0.1:$port" --wait > "$work/report.json"
+"$ferry" migrate --api-socket "$sock" "tcp:127.0.0.1:$port" --wait --json > "$work/report.json"
 wait "$pid" || true
 pid=
 /usr/bin/python3 - "$work/report.json" <<'PY'

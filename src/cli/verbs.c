@@ -8,11 +8,11 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <pthread.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "cli/client.h"
+#include "cli/watch.h"
 
 static void snapshot_usage(void)
 {
@@ -101,7 +101,9 @@ static void migrate_usage(void)
         "  --delta-cache MiB      ... with this cache size (0: off)\n"
         "  --dirty-track bitmap|ring|auto   dirty tracking (default auto: ring on a VM\n"
         "                         run with --dirty-ring, else bitmap)\n"
-        "  --wait                 show progress and print the final report\n");
+        "  --wait                 show progress (stderr), end with a summary; Ctrl-C\n"
+        "                         cancels the migration (before post-copy)\n"
+        "  --json                 with --wait: print the whole report as JSON instead\n");
 }
 
 struct migrate_opts {
@@ -111,7 +113,7 @@ struct migrate_opts {
     const char *on_timeout;
     const char *mode;
     const char *compress, *dirty_track;
-    bool auto_converge, wait;
+    bool auto_converge, wait, json;
 };
 
 static int migrate_number(const char *s, long long *out, const char *name)
@@ -137,6 +139,7 @@ static int migrate_parse(int argc, char **argv, struct migrate_opts *o)
         { "on-timeout", required_argument, NULL, 'o' },
         { "auto-converge", no_argument, NULL, 'a' },
         { "wait", no_argument, NULL, 'w' },
+        { "json", no_argument, NULL, 'j' },
         { "mode", required_argument, NULL, 'm' },
         { "postcopy-after-rounds", required_argument, NULL, 'p' },
         { "connections", required_argument, NULL, 'c' },
@@ -163,6 +166,7 @@ static int migrate_parse(int argc, char **argv, struct migrate_opts *o)
         case 'o': o->on_timeout = optarg; break;
         case 'a': o->auto_converge = true; break;
         case 'w': o->wait = true; break;
+        case 'j': o->json = true; break;
         case 'm': o->mode = optarg; break;
         case 'p': ret = migrate_number(optarg, &o->pc_after, "--postcopy-after-rounds"); break;
         case 'c': ret = migrate_number(optarg, &o->connections, "--connections"); break;
@@ -177,82 +181,6 @@ static int migrate_parse(int argc, char **argv, struct migrate_opts *o)
     if (ret == 0 && (!o->sock || optind != argc - 1))
         return -EINVAL;
     o->uri = ret == 0 ? argv[optind] : NULL;
-    return ret;
-}
-
-struct migrate_put {
-    const char *sock;
-    char *body;
-    long status;
-    char *resp;
-    int ret;
-    volatile bool done;
-};
-
-static void *migrate_put_thread(void *arg)
-{
-    struct migrate_put *p = arg;
-
-    p->ret = client_request(p->sock, "PUT", "/v1/migration", p->body, &p->status, &p->resp);
-    __atomic_store_n(&p->done, true, __ATOMIC_RELEASE);
-    return NULL;
-}
-
-/* One line, redrawn in place on a terminal. */
-static void migrate_progress(const char *sock)
-{
-    long status = 0;
-    char *resp = NULL;
-    json_t *j;
-
-    if (client_request(sock, "GET", "/v1/migration", NULL, &status, &resp) < 0 || status != 200)
-        goto out;
-    j = json_loads(resp, 0, NULL);
-    if (j) {
-        json_int_t done = json_integer_value(json_object_get(j, "pages_normal")) +
-                          json_integer_value(json_object_get(j, "pages_zero"));
-        json_int_t left = json_integer_value(json_object_get(j, "pages_remaining"));
-        fprintf(stderr, "\r%-10s round %-3d %5.1f%%  %6lld MiB sent  %6lld MiB/s  dirty %lld p/s"
-                "  expected downtime %.0f ms   ",
-                json_string_value(json_object_get(j, "state")),
-                (int)json_integer_value(json_object_get(j, "round")),
-                done + left ? 100.0 * (double)done / (double)(done + left) : 0.0,
-                (long long)(json_integer_value(json_object_get(j, "bytes")) >> 20),
-                (long long)json_integer_value(json_object_get(j, "bandwidth_mibs")),
-                (long long)json_integer_value(json_object_get(j, "dirty_rate_pps")),
-                json_real_value(json_object_get(j, "expected_downtime_ms")));
-        json_decref(j);
-    }
-out:
-    free(resp);
-}
-
-static int migrate_wait(const char *sock, char *body)
-{
-    struct migrate_put p = { .sock = sock, .body = body };
-    pthread_t t;
-    bool tty = isatty(STDERR_FILENO);
-    int ret;
-
-    if (pthread_create(&t, NULL, migrate_put_thread, &p) != 0)
-        return CLIENT_EXIT_API;
-    while (!__atomic_load_n(&p.done, __ATOMIC_ACQUIRE)) {
-        if (tty)
-            migrate_progress(sock);
-        usleep(250000);
-    }
-    pthread_join(t, NULL);
-    if (tty)
-        fprintf(stderr, "\n");
-    if (p.ret < 0) {
-        fprintf(stderr, "ferry migrate: request to %s failed: %s\n", sock, strerror(-p.ret));
-        return CLIENT_EXIT_CONNECT;
-    }
-    printf("%s\n", p.resp ? p.resp : "");
-    ret = p.status == 200 ? CLIENT_EXIT_OK : CLIENT_EXIT_API;
-    if (ret)
-        fprintf(stderr, "ferry migrate: the migration did not complete (HTTP %ld)\n", p.status);
-    free(p.resp);
     return ret;
 }
 
@@ -280,7 +208,7 @@ int verb_migrate_main(int argc, char **argv)
         json_object_set_new(body, "connections", json_integer(o.connections));
     text = json_dumps(body, JSON_COMPACT);
     json_decref(body);
-    ret = o.wait ? migrate_wait(o.sock, text)
+    ret = o.wait ? migrate_watch(o.sock, text, o.json)
                  : client_verb_request("migrate", o.sock, "PUT", "/v1/migration", text);
     free(text);
     return ret;

@@ -347,7 +347,7 @@ def start_destination(vm_factory, **kw):
 
 def migrate(src, uri, *opts, wait=True, timeout=120):
     """Runs ferry migrate; returns (returncode, report dict or None, stderr)."""
-    args = ["migrate", "--api-socket", src.sock, uri, *opts] + (["--wait"] if wait else [])
+    args = ["migrate", "--api-socket", src.sock, uri, *opts] + (["--wait", "--json"] if wait else [])
     r = run_cli(*args, timeout=timeout)
     try:
         report = json.loads(r.stdout) if r.stdout.strip() else None

@@ -1,17 +1,19 @@
 """Live migration between two ferry processes on this host over loopback, on
 real KVM, with the test guest proving that memory and time survive."""
 import os
+import re
 import signal
 import socket
 import struct
+import subprocess
 import threading
 import time
 
 import pytest
 
-from ferrylib import (assert_continues, assert_downtime_within, assert_round_stalls,
-                      assert_throttle_accounted, free_port, hb_line, migrate, run_cli,
-                      wait_listening)
+from ferrylib import (FERRY, SAN_ENV, assert_continues, assert_downtime_within,
+                      assert_round_stalls, assert_throttle_accounted, free_port, hb_line,
+                      migrate, run_cli, wait_listening)
 
 
 def source(vm_factory, memory=1024, cpus=2, cmdline="dirtier.mib=64"):
@@ -210,6 +212,50 @@ def test_cancel_keeps_source_running(vm_factory):
     assert_still_running(src)
     # Nothing to cancel any more: a clear 409, not a crash.
     assert src.api("PUT", "/v1/migration/cancel")[0] == 409
+
+
+def watch(src, uri, *opts):
+    """`ferry migrate --wait` as a user runs it, stdout and stderr kept."""
+    return subprocess.Popen([FERRY, "migrate", "--api-socket", src.sock, uri, "--wait", *opts],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **SAN_ENV})
+
+
+def test_ctrl_c_on_wait_cancels(vm_factory):
+    # Ctrl-C on `migrate --wait` cancels (as `virsh migrate` does), says so,
+    # and returns once the VM runs on the source again.
+    src = source(vm_factory, memory=512, cmdline="dirtier.mib=128 dirtier.rate=1000")
+    dst, uri = destination(vm_factory)
+    p = watch(src, uri, "--bandwidth", "16")
+    deadline = time.monotonic() + 20
+    while src.api("GET", "/v1/migration")[1].get("bytes", 0) < 4 << 20:
+        assert time.monotonic() < deadline and p.poll() is None, "migration made no progress"
+        time.sleep(0.1)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "cancelling the migration" in err and "the VM runs on the source" in err, err
+    assert out.startswith("cancelled in "), out
+    assert src.api("GET", "/v1/migration")[1]["state"] == "cancelled"
+    assert dst.wait_exit(20) != 0
+    assert_still_running(src)
+    src.wait_for(r"^VERIFY ok", timeout=15, start=src.mark())
+
+
+def test_wait_progress_and_summary_without_a_terminal(vm_factory):
+    # Not a terminal: a progress line a second on stderr; on stdout one
+    # human line, not the JSON (that is --json).
+    src = source(vm_factory, memory=512, cmdline="dirtier.mib=128 dirtier.rate=1000")
+    dst, uri = destination(vm_factory)
+    p = watch(src, uri, "--bandwidth", "32")
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    lines = [l for l in err.splitlines() if " round " in l and "MiB sent" in l]
+    assert lines and all("\r" not in l for l in lines), err
+    assert re.match(r"completed in \d+ ms \(precopy\): downtime [\d.]+ ms \(limit 300 ms\), "
+                    r"[\d.]+ MiB, \d+ rounds\n$", out), out
+    assert src.wait_exit(20) == 0
+    assert_runs_on(src, dst)
 
 
 def test_destination_killed(vm_factory):
