@@ -114,7 +114,9 @@ static int varint_get(const uint8_t *in, size_t len, size_t *i, size_t *v)
     return 0;
 }
 
-int delta_decode(const uint8_t *in, size_t len, uint8_t *page)
+/* Checks an encoding and, given a page, applies it: one walk for both, so a
+ * reader can check every delta of a batch before it writes any. */
+static int delta_walk(const uint8_t *in, size_t len, uint8_t *page)
 {
     size_t i = 0, pos = 0;
 
@@ -130,11 +132,22 @@ int delta_decode(const uint8_t *in, size_t len, uint8_t *page)
         pos += skip;
         if (n > CODEC_PAGE_SIZE - pos || n > len - i)
             return -EINVAL;
-        xor_bytes(page + pos, page + pos, in + i, n);
+        if (page)
+            xor_bytes(page + pos, page + pos, in + i, n);
         pos += n;
         i += n;
     }
     return 0;
+}
+
+int delta_check(const uint8_t *in, size_t len)
+{
+    return delta_walk(in, len, NULL);
+}
+
+int delta_decode(const uint8_t *in, size_t len, uint8_t *page)
+{
+    return delta_walk(in, len, page);
 }
 
 /* ---- cache ----

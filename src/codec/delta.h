@@ -21,6 +21,8 @@ ssize_t delta_encode(const uint8_t *old, const uint8_t *new_page, uint8_t *out, 
  * malformed input; never reads past in+len nor writes outside page[0..4095].
  * A failed decode may leave page partly modified (the caller discards it). */
 int delta_decode(const uint8_t *in, size_t len, uint8_t *page);
+/* What delta_decode() would refuse, without a page: 0 or -EINVAL. */
+int delta_check(const uint8_t *in, size_t len);
 
 /* Copies of the pages last sent, by guest frame number. NOT thread-safe: one
  * per sender worker.

@@ -44,7 +44,7 @@ struct stream_header {
     uint32_t proto_version;   /* migration protocol; 0 in snapshot files */
     uint32_t proto_flags;     /* migration capabilities asked for */
     uint8_t reserved[32];
-    uint64_t checksum;        /* XXH64 of the bytes above */
+    uint64_t checksum;        /* XXH3-64 of the bytes above */
 };
 
 /* Wire layout, 40 bytes; payload follows. */
@@ -56,7 +56,7 @@ struct stream_record {
     uint32_t flags;
     uint32_t reserved;
     uint64_t length;
-    uint64_t checksum;        /* XXH64 of the header fields above and the payload */
+    uint64_t checksum;        /* XXH3-64 of the header fields above and the payload */
 };
 
 /* A page entry in a REC_PAGES payload: gpa | PAGE_F_*; data follows for

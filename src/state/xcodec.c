@@ -101,6 +101,11 @@ int xc_delta_decode(const void *in, size_t n, void *page)
     return delta_decode(in, n, page) < 0 ? -EBADMSG : 0;
 }
 
+int xc_delta_check(const void *in, size_t n)
+{
+    return delta_check(in, n) < 0 ? -EBADMSG : 0;
+}
+
 struct xc_cache *xc_cache_new(uint64_t bytes)
 {
     return (struct xc_cache *)delta_cache_new(bytes);

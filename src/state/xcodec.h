@@ -38,6 +38,7 @@ int xc_decompress(struct xc_decomp *d, enum xc_algo a, const void *in, size_t n,
 long xc_delta_encode(const void *old, const void *new_page, void *out, size_t max);
 /* Applies a delta onto page in place; -EBADMSG on a malformed delta. */
 int xc_delta_decode(const void *in, size_t n, void *page);
+int xc_delta_check(const void *in, size_t n);
 
 struct xc_cache *xc_cache_new(uint64_t bytes);
 void xc_cache_free(struct xc_cache *c);

@@ -73,6 +73,8 @@ static int xpages_check(struct guest_mem *mem, const uint8_t *p, const struct xp
             memcpy(&n, body + pos, 4);
             if (n > XPAGES_MAX_DELTA_COMPRESSED)
                 return *why = "page delta too long", -EBADMSG;
+            if (n && pos + 4 + n <= h->raw_len && xc_delta_check(body + pos + 4, n) < 0)
+                return *why = "page delta does not decode", -EBADMSG;
             pos += 4 + (uint64_t)n;
         }
         if (pos > h->raw_len)

@@ -133,6 +133,22 @@ static void test_apply_rules(void **state)
         n = batch(buf, 3, ent, 1, body, 8);
         assert_int_equal(xpages_apply(&mem, buf, n, &c, &why), -EBADMSG);
     }
+    /* a full page, then a delta that does not decode: the page is not written
+     * either (every delta is checked before the first write) */
+    {
+        static uint8_t body[PG + 4 + 2];
+        uint32_t len = 2;
+        memcpy(body, page, PG);
+        memcpy(body + PG, &len, 4);
+        body[PG + 4] = 0;                         /* skip 0, run 0: not an encoding */
+        body[PG + 5] = 0;
+        ent[0] = 7 * PG | XPAGE_DATA;
+        ent[1] = 6 * PG | XPAGE_DELTA;
+        n = batch(buf, 3, ent, 2, body, sizeof(body));
+        assert_int_equal(xpages_apply(&mem, buf, n, &c, &why), -EBADMSG);
+        assert_string_equal(why, "page delta does not decode");
+        assert_int_equal(ram[7 * PG], 0);
+    }
     xpages_ctx_free(&c);
     free(ram);
     free(buf);
