@@ -151,6 +151,8 @@ static int run_incoming(struct vm *vm, struct run_args *a, struct api_server **a
     if (mig_parse_uri(a->incoming, host, sizeof(host), port, sizeof(port), err,
                       sizeof(err)) < 0)
         return log_err("--incoming: %s", err), RUN_BAD_INPUT;
+    if (vm_check_disks(&a->vm) < 0)
+        return RUN_BAD_INPUT;
     vm->state = VM_INCOMING;
     if (api_open(api, vm, a) < 0)
         return RUN_BAD_INPUT;

@@ -153,15 +153,16 @@ static int route_migration_get(void *ctx, json_t *body, json_t **resp)
 static int route_migration_cancel(void *ctx, json_t *body, json_t **resp)
 {
     struct vm *vm = ctx;
-    int ret = vm->mig->source ? mig_cancel(vm->mig) : -ENOENT;
+    bool source = vm->mig->source;
+    int ret = source ? mig_cancel(vm->mig) : mig_incoming_cancel(vm->mig);
 
     (void)body;
     if (ret == 0)
         return 204;
-    *resp = api_error("%s", ret == -EINPROGRESS ?
+    *resp = api_error("%s", ret != -EINPROGRESS ? "no migration is in progress" : source ?
                       "the switchover or post-copy has started; it can no longer be cancelled "
                       "(in post-copy: migrate-recover, or migrate-abort to give the VM up)" :
-                      "no migration is in progress");
+                      "the VM's state is being applied or runs here; too late to cancel");
     return 409;
 }
 

@@ -313,21 +313,47 @@ static void dst_cancelled(struct mig_dst *d, const struct stream_record *r, cons
     snprintf(d->err, sizeof(d->err), "the source ended the migration: %.*s", (int)n, text);
 }
 
+/* Says which record failed and where: "..., in the PAGES record at byte N". */
+static void dst_name_record(struct mig_dst *d, const struct stream_record *r, uint64_t at)
+{
+    const char *name = mig_record_name(r->type);
+    size_t n = strlen(d->err);
+    char type[24];
+
+    snprintf(type, sizeof(type), "type %u", r->type);
+    snprintf(d->err + n, sizeof(d->err) - n, " (in the %s record of %llu bytes at byte %llu)",
+             name ? name : type, (unsigned long long)r->length, (unsigned long long)at);
+}
+
+static int dst_read_failed(struct mig_dst *d, int ret, const struct stream_record *r,
+                           uint64_t at, const char *why)
+{
+    bool header = d->in.bytes - at >= sizeof(*r);   /* else r holds no record */
+
+    snprintf(d->err, sizeof(d->err), "%s", ret == -EPIPE || ret == -ECONNRESET ?
+             "the source closed the connection before the migration finished" : why);
+    if (header)
+        dst_name_record(d, r, at);
+    else
+        snprintf(d->err + strlen(d->err), sizeof(d->err) - strlen(d->err), " (at byte %llu)",
+                 (unsigned long long)at);
+    return ret;
+}
+
 /* Pages and state until the end marker. Nothing runs before it. */
 int dst_receive(struct mig_dst *d)
 {
     struct stream_record r;
     uint8_t *p;
     const char *why = "";
+    uint64_t at;
     int ret;
 
     for (;;) {
+        at = d->in.bytes;
         ret = stream_get_record(&d->in, &r, &p, &why);
-        if (ret < 0) {
-            snprintf(d->err, sizeof(d->err), "%s", ret == -EPIPE || ret == -ECONNRESET ?
-                     "the source closed the connection before the migration finished" : why);
-            return ret;
-        }
+        if (ret < 0)
+            return dst_read_failed(d, ret, &r, at, why);
         if (r.type == REC_END) {
             d->start_paused = r.flags & REC_END_PAUSED;
             d->postcopy = r.flags & REC_END_POSTCOPY;
@@ -351,6 +377,8 @@ int dst_receive(struct mig_dst *d)
         if (ret == 0)
             ret = dst_record(d, &r, p);
         free(p);
+        if (ret < 0 && ret != -ECANCELED)
+            dst_name_record(d, &r, at);
         if (ret < 0)
             return ret;
     }
@@ -553,15 +581,23 @@ static void dst_pc_aborted(struct mig_dst *d, const char *why)
     vm_request_stop(d->vm, 1, "post-copy aborted: the VM is lost");
 }
 
-/* One record from the main channel, or 1 when nothing came for a while. */
+/* One record from the main channel, or 1 when nothing came for a while.
+ * A record that fails says so: the connection is dropped and recovered. */
 static int dst_pc_next(struct mig_dst *d, struct stream_record *r, uint8_t **p)
 {
     struct pollfd pfd = { .fd = d->sock, .events = POLLIN };
-    const char *why;
+    const char *why = "";
+    uint64_t at = d->in.bytes;
+    int ret;
 
     if (d->in.pos == d->in.len && poll(&pfd, 1, 200) == 0)
         return 1;
-    return stream_get_record(&d->in, r, p, &why);
+    ret = stream_get_record(&d->in, r, p, &why);
+    if (ret < 0) {
+        dst_read_failed(d, ret, r, at, why);
+        log_warn("post-copy: %s", d->err);
+    }
+    return ret;
 }
 
 static void *dst_pc_thread(void *arg)
@@ -654,6 +690,24 @@ int mig_incoming_abort(struct migration *m)
     return 0;
 }
 
+/* Cancel on the destination, before it runs the VM: the connection is shut
+ * down under the receive loop, which then fails; the source sees the link go
+ * and keeps its VM. Too late once the state is being applied. */
+int mig_incoming_cancel(struct migration *m)
+{
+    struct mig_dst *d = dst_current;
+    enum mig_state st = __atomic_load_n(&m->state, __ATOMIC_ACQUIRE);
+
+    if (!d || (st != MIG_WAITING && st != MIG_RECEIVING))
+        return d && st != MIG_FAILED ? -EINPROGRESS : -ENOENT;
+    __atomic_store_n(&d->cancelled, true, __ATOMIC_RELEASE);
+    if (d->sock >= 0)
+        shutdown(d->sock, SHUT_RDWR);
+    else
+        shutdown(d->lfd, SHUT_RDWR);
+    return 0;
+}
+
 /* At exit: a post-copy still running is stopped (the VM is going away). */
 void mig_incoming_stop(struct migration *m)
 {
@@ -717,9 +771,11 @@ int mig_incoming(struct migration *m, struct vm *vm, struct run_args *a,
     }
     if (ret < 0 || !d->postcopy)
         dst_stop_data(d);
+    if (ret < 0 && __atomic_load_n(&d->cancelled, __ATOMIC_ACQUIRE))
+        snprintf(d->err, sizeof(d->err), "cancelled on the destination");
     pthread_mutex_lock(&m->lock);
     if (!d->postcopy || ret < 0) {
-        m->state = ret == 0 ? MIG_RUNNING : MIG_FAILED;
+        m->state = ret == 0 ? MIG_RUNNING : d->cancelled ? MIG_CANCELLED : MIG_FAILED;
         m->total_ns = time_now_ns() - m->start_ns;
     }
     snprintf(m->error, sizeof(m->error), "%.250s", d->err);

@@ -28,6 +28,7 @@ struct mig_dst {
     pthread_t uthread, thread;
     bool uthread_started, thread_started, stop;
     bool recover_warned;        /* a failed recovery accept was logged */
+    bool cancelled;             /* by the destination's API */
     /* parallel engine */
     unsigned nconns;
     struct xfer_dst xd;

@@ -30,6 +30,19 @@ const char *mig_state_name(enum mig_state s)
     return names[s];
 }
 
+const char *mig_record_name(uint32_t type)
+{
+    static const char *const names[] = {
+        [REC_SECTION] = "SECTION", [REC_PAGES] = "PAGES", [REC_END] = "END",
+        [REC_BITMAP] = "BITMAP", [REC_XPAGES] = "XPAGES", [REC_ACK] = "ACK",
+        [REC_ROUND] = "ROUND", [REC_RUNNING] = "RUNNING", [REC_CANCEL] = "CANCEL",
+        [REC_POSTCOPY_ADVISE] = "POSTCOPY_ADVISE", [REC_PAGE_REQ] = "PAGE_REQ",
+        [REC_POSTCOPY_DONE] = "POSTCOPY_DONE", [REC_ROUND_ACK] = "ROUND_ACK",
+    };
+
+    return type < sizeof(names) / sizeof(names[0]) && names[type] ? names[type] : NULL;
+}
+
 static bool mig_active_locked(const struct migration *m)
 {
     return m->state == MIG_SETUP || m->state == MIG_PRECOPY || m->state == MIG_SWITCHOVER ||

@@ -182,6 +182,8 @@ bool mig_memory_incomplete(struct migration *m);
 /* Status / report as JSON (either side). */
 json_t *mig_status_json(struct migration *m);
 const char *mig_state_name(enum mig_state s);
+/* "PAGES", "ROUND", ...; NULL for a type no record has. */
+const char *mig_record_name(uint32_t type);
 
 /* Destination side: waits for one migration on host:port into vm (created
  * here from the source's handshake) and starts it. */
@@ -193,6 +195,9 @@ int mig_incoming(struct migration *m, struct vm *vm, struct run_args *a,
 void mig_incoming_stop(struct migration *m);
 /* Destination: give a post-copy up (the VM stops, exit 1); -ENOENT otherwise. */
 int mig_incoming_abort(struct migration *m);
+/* Before the VM runs here: gives the incoming migration up (the source keeps
+ * its VM). -EINPROGRESS once the state is applied, -ENOENT if none. */
+int mig_incoming_cancel(struct migration *m);
 
 /* Control records. */
 struct stream_io;

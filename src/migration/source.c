@@ -154,6 +154,15 @@ static void src_hello_caps(struct mig_src *s, struct stream_header *h)
 }
 
 /* A connection to the destination: HELLO with flags, then its ACK. */
+/* The main channel is published before its handshake: a cancel shuts down
+ * the connection of a peer that accepted and never answers. */
+static void src_publish_sock(struct mig_src *s, int sock)
+{
+    pthread_mutex_lock(&s->m->lock);
+    s->m->sock = sock;
+    pthread_mutex_unlock(&s->m->lock);
+}
+
 int src_open_channel(struct mig_src *s, uint32_t flags, int *sock, struct stream_io *out,
                      struct stream_io *in)
 {
@@ -172,6 +181,8 @@ int src_open_channel(struct mig_src *s, uint32_t flags, int *sock, struct stream
     if (*sock < 0)
         return src_fail(s, *sock, "connecting to the destination: %.200s", strerror(-*sock));
     chan_set_timeouts(*sock, SRC_TIMEOUT_S);
+    if (flags == 0)
+        src_publish_sock(s, *sock);
     if (stream_io_init(out, *sock, flags & MIG_FLAG_URGENT ? 1u << 16 : SRC_IOBUF) < 0 ||
         stream_io_init(in, *sock, 4096) < 0)
         return src_fail(s, -ENOMEM, "%.200s", "out of memory");
@@ -684,9 +695,6 @@ static int src_connect(struct mig_src *s)
 {
     int ret = src_open_channel(s, 0, &s->sock, &s->out, &s->in);
 
-    pthread_mutex_lock(&s->m->lock);
-    s->m->sock = s->sock;
-    pthread_mutex_unlock(&s->m->lock);
     if (ret == 0 && s->m->params.connections)
         ret = src_connect_data(s);
     return ret;

@@ -221,9 +221,37 @@ static void blk_describe(struct virtio_dev *vdev, void *json_obj)
     json_object_set_new(json_obj, "errors", json_integer((json_int_t)blk->errors));
 }
 
+/* The disk as the guest knows it: a destination whose disk is of another
+ * size or writability refuses the stream (the VM stays on the source) rather
+ * than show the guest a disk that changed under it. Virtio section v2+. */
+static int blk_walk(struct state_walker *w, struct virtio_dev *vdev)
+{
+    struct virtio_blk *blk = vdev->priv;
+    uint64_t capacity = blk->capacity;
+    bool readonly = blk->readonly;
+    static __thread char why[160];   /* outlives the walk: the error quotes it */
+
+    if (w->version < 2)
+        return 0;
+    walk_u64(w, &capacity, "blk.capacity");
+    walk_bool(w, &readonly, "blk.readonly");
+    if (w->err || !walk_loading(w))
+        return w->err;
+    if (capacity != blk->capacity)
+        snprintf(why, sizeof(why), "disk %.64s: %llu sectors here, %llu on the source", blk->path,
+                 (unsigned long long)blk->capacity, (unsigned long long)capacity);
+    else if (readonly != blk->readonly)
+        snprintf(why, sizeof(why), "disk %.64s: %s here, %s on the source", blk->path,
+                 blk->readonly ? "read-only" : "writable", readonly ? "read-only" : "writable");
+    else
+        return 0;
+    return walk_fail(w, -EINVAL, why);
+}
+
 static const struct virtio_dev_ops blk_ops = {
     .queue_notify = blk_queue_notify,
     .describe = blk_describe,
+    .walk = blk_walk,
 };
 
 static void blk_config(struct virtio_blk *blk)
@@ -267,6 +295,16 @@ static int blk_open(struct virtio_blk *blk, const struct disk_config *cfg)
     }
     blk->capacity = (uint64_t)st.st_size / SECTOR;
     return 0;
+}
+
+int virtio_blk_check(const struct disk_config *cfg)
+{
+    static struct virtio_blk probe;   /* large; called from the main thread only */
+    int ret = blk_open(&probe, cfg);
+
+    if (probe.fd >= 0)
+        close(probe.fd);
+    return ret;
 }
 
 int virtio_blk_add(struct virtio_bus *bus, struct virtio_blk *blk, unsigned index,

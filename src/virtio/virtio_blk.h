@@ -34,6 +34,9 @@ struct virtio_blk {
 
 /* Opens the file (read-only if asked, or while an incoming migration has not
  * switched over: see docs/VIRTIO.md) and registers the device. */
+/* Opens the disk as virtio_blk_add() would, and closes it again: a bad
+ * --disk is reported before anything waits on it (an incoming migration). */
+int virtio_blk_check(const struct disk_config *cfg);
 int virtio_blk_add(struct virtio_bus *bus, struct virtio_blk *blk, unsigned index,
                    const struct disk_config *cfg);
 void virtio_blk_close(struct virtio_blk *blk);

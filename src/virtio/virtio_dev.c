@@ -480,6 +480,6 @@ static int virtio_state_walk(struct state_walker *w, void *obj)
 }
 
 const struct state_ops virtio_state_ops = {
-    .name = "virtio", .id = SECTION_VIRTIO, .version = 1, .min_version = 1,
+    .name = "virtio", .id = SECTION_VIRTIO, .version = 2, .min_version = 1,   /* 2: blk size */
     .walk = virtio_state_walk,
 };

@@ -266,6 +266,15 @@ int vm_check_boot_files(const struct vm_config *cfg)
     return boot_probe(&boot);
 }
 
+int vm_check_disks(const struct vm_config *cfg)
+{
+    int ret = 0;
+
+    for (unsigned i = 0; i < cfg->ndisks && ret == 0; i++)
+        ret = virtio_blk_check(&cfg->disks[i]);
+    return ret;
+}
+
 int vm_create(struct vm *vm, const struct vm_config *cfg)
 {
     struct boot_config boot = vm_boot_config(cfg);

@@ -146,6 +146,8 @@ struct vm {
 void vm_init(struct vm *vm, const struct vm_config *cfg);
 /* The kernel and initrd are readable and a kernel (before any KVM work). */
 int vm_check_boot_files(const struct vm_config *cfg);
+/* Every --disk opens as it will be used (a destination checks before it waits). */
+int vm_check_disks(const struct vm_config *cfg);
 int vm_create(struct vm *vm, const struct vm_config *cfg);
 /* Starts the vCPU threads, parked at once if paused. */
 int vm_start(struct vm *vm, bool paused);

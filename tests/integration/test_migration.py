@@ -258,6 +258,89 @@ def test_wait_progress_and_summary_without_a_terminal(vm_factory):
     assert_runs_on(src, dst)
 
 
+def test_second_migration_is_refused(vm_factory):
+    src, dst = slow_migration(vm_factory)
+    status, body = src.api("PUT", "/v1/migration", {"uri": "tcp:127.0.0.1:9"})
+    assert status == 409 and "already running" in body["error"], body
+    assert src.api("GET", "/v1/migration")[1]["state"] == "precopy"
+    assert run_cli("migrate-cancel", "--api-socket", src.sock).returncode == 0
+    assert_still_running(src)
+
+
+def test_cancel_in_setup(vm_factory):
+    # A "destination" that accepts and never answers holds the source in setup.
+    src = source(vm_factory, memory=256, cmdline="dirtier.mib=16")
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(1)
+        rc, rep, err = migrate(src, f"tcp:127.0.0.1:{mute.getsockname()[1]}", wait=False)
+        assert rc == 0, err
+        assert src.api("GET", "/v1/migration")[1]["state"] == "setup"
+        assert run_cli("migrate-cancel", "--api-socket", src.sock).returncode == 0
+        assert src.api("GET", "/v1/migration")[1]["state"] == "cancelled"
+    assert_still_running(src)
+
+
+def test_cancel_in_switchover_is_refused(vm_factory, monkeypatch):
+    # The stop is made to last 3 s (a test knob): a cancel then is refused,
+    # since the destination may already hold the state, and the migration
+    # completes.
+    monkeypatch.setenv("FERRY_TEST_SLOW_STOP_MS", "3000")
+    src = source(vm_factory, memory=256, cmdline="dirtier.mib=16 dirtier.rate=1000")
+    monkeypatch.delenv("FERRY_TEST_SLOW_STOP_MS")
+    dst, uri = destination(vm_factory)
+    rc, rep, err = migrate(src, uri, "--downtime-ms", "5000", wait=False)
+    assert rc == 0, err
+    deadline = time.monotonic() + 30
+    while src.api("GET", "/v1/migration")[1]["state"] != "switchover":
+        assert time.monotonic() < deadline, "never reached the switchover"
+        time.sleep(0.05)
+    status, body = src.api("PUT", "/v1/migration/cancel")
+    assert status == 409 and "can no longer be cancelled" in body["error"], body
+    assert src.wait_exit(30) == 0
+    assert_runs_on(src, dst)
+
+
+def test_cancel_hybrid_before_the_switch(vm_factory):
+    src = source(vm_factory, memory=512, cmdline="dirtier.mib=128 dirtier.rate=1000")
+    dst, uri = destination(vm_factory)
+    rc, rep, err = migrate(src, uri, "--mode", "hybrid", "--bandwidth", "16", wait=False)
+    assert rc == 0, err
+    deadline = time.monotonic() + 20
+    while src.api("GET", "/v1/migration")[1]["bytes"] < 4 << 20:
+        assert time.monotonic() < deadline, "migration made no progress"
+        time.sleep(0.1)
+    assert src.api("GET", "/v1/migration")[1]["state"] == "precopy"
+    assert run_cli("migrate-cancel", "--api-socket", src.sock).returncode == 0
+    assert src.api("GET", "/v1/migration")[1]["state"] == "cancelled"
+    assert dst.wait_exit(20) != 0
+    assert_still_running(src)
+    src.wait_for(r"^VERIFY ok", timeout=15, start=src.mark())
+
+
+def test_cancel_on_the_destination(vm_factory):
+    # The destination's operator gives the incoming migration up: it exits
+    # saying so, and the source keeps the VM.
+    src, dst = slow_migration(vm_factory)
+    assert run_cli("migrate-cancel", "--api-socket", dst.sock).returncode == 0
+    assert dst.wait_exit(20) != 0
+    assert "cancelled on the destination" in dst.stderr_text()
+    deadline = time.monotonic() + 40
+    while src.api("GET", "/v1/migration")[1]["state"] != "failed":
+        assert time.monotonic() < deadline, "the source did not notice"
+        time.sleep(0.2)
+    assert_still_running(src)
+    src.wait_for(r"^VERIFY ok", timeout=15, start=src.mark())
+
+
+def test_cancel_on_a_waiting_destination(vm_factory):
+    dst, uri = destination(vm_factory)
+    assert dst.api("GET", "/v1/migration")[1]["state"] == "waiting"
+    assert dst.api("PUT", "/v1/migration/cancel")[0] == 204
+    assert dst.wait_exit(20) != 0
+    assert "cancelled on the destination" in dst.stderr_text()
+
+
 def test_destination_killed(vm_factory):
     src, dst = slow_migration(vm_factory)
     dst.proc.kill()

@@ -7,7 +7,9 @@ import re
 import struct
 import zlib
 
-from ferrylib import migrate, run_cli, start_destination
+import pytest
+
+from ferrylib import free_port, migrate, run_cli, start_destination
 
 MIB = 1 << 20
 SECTOR = 512
@@ -176,3 +178,32 @@ def test_migration_to_other_devices_fails_cleanly(vm_factory, tmp_path):
     g = blkw_passes(src.console.refresh())[-1][0]
     src.wait_for(rf"^BLKW {g + 2} ok", timeout=30)
     assert "FAIL" not in src.console.refresh()
+
+
+@pytest.mark.parametrize("mismatch", ["size", "readonly"])
+def test_migration_to_a_different_disk_is_refused(vm_factory, tmp_path, mismatch):
+    """The destination's disk is of another size, or read-only where the
+    source's is writable: the guest must not see its disk change, so the
+    destination refuses the state and the VM goes on on the source."""
+    disk = make_disk(tmp_path, "d.img", 8)
+    src = loop_vm(vm_factory, disk)
+    if mismatch == "size":
+        arg, said = disk_arg(make_disk(tmp_path, "big.img", 16)), "32768 sectors here, 16384"
+    else:
+        arg, said = disk_arg(disk, readonly="on"), "read-only here, writable on the source"
+    dst, uri = start_destination(vm_factory, extra=["--disk", arg])
+    rc, rep, err = migrate(src, uri)
+    assert rc != 0 and rep["state"] == "failed", rep
+    assert dst.wait_exit(20) != 0
+    assert said in dst.stderr_text(), dst.stderr_text()
+    g = blkw_passes(src.console.refresh())[-1][0]
+    src.wait_for(rf"^BLKW {g + 2} ok", timeout=30)
+    assert "FAIL" not in src.console.refresh()
+
+
+def test_destination_with_a_missing_disk_does_not_start(vm_factory, tmp_path):
+    missing = str(tmp_path / "nowhere.img")
+    dst = vm_factory(incoming=f"tcp:127.0.0.1:{free_port()}",
+                     extra=["--disk", disk_arg(missing)])
+    assert dst.wait_exit(20) == 2
+    assert "nowhere.img" in dst.stderr_text(), dst.stderr_text()

@@ -36,6 +36,67 @@ static int receive_one(struct mig_dst *d, struct migration *m, uint32_t type,
     return ret;
 }
 
+/* Like receive_one(), with the record's bytes changed after sealing: a
+ * corrupt stream. patch(buf, n) edits the serialised record. */
+static int receive_patched(struct mig_dst *d, struct migration *m, uint32_t type,
+                           const void *payload, uint64_t len, void (*patch)(uint8_t *, size_t))
+{
+    uint8_t buf[256];
+    struct stream_io out;
+    int fds[2], ret;
+    ssize_t n;
+
+    mig_init(m);
+    *d = (struct mig_dst){ .m = m, .sock = -1, .usock = -1, .lfd = -1 };
+    assert_int_equal(pipe(fds), 0);
+    assert_int_equal(stream_io_init(&out, fds[1], 4096), 0);
+    assert_int_equal(stream_put_record(&out, type, 0, 0, MIG_PROTO_VERSION, 0, payload, len), 0);
+    assert_int_equal(stream_flush(&out), 0);
+    stream_io_free(&out);
+    n = read(fds[0], buf, sizeof(buf));
+    assert_true(n > 0);
+    patch(buf, (size_t)n);
+    assert_int_equal(write(fds[1], buf, (size_t)n), n);
+    close(fds[1]);
+    assert_int_equal(stream_io_init(&d->in, fds[0], 4096), 0);
+    ret = dst_receive(d);
+    stream_io_free(&d->in);
+    close(fds[0]);
+    return ret;
+}
+
+static void flip_payload_bit(uint8_t *buf, size_t n)
+{
+    buf[n - 1] ^= 0x10;
+}
+
+static void huge_length(uint8_t *buf, size_t n)
+{
+    uint64_t len = 1ULL << 31;
+
+    (void)n;
+    memcpy(buf + 24, &len, 8);
+}
+
+/* A corrupt record's error says which record and where it began. */
+static void test_errors_name_the_record(void **state)
+{
+    uint8_t payload[12] = { 1, 0, 0, 0 };
+    struct migration m;
+    struct mig_dst d;
+
+    (void)state;
+    assert_int_equal(receive_patched(&d, &m, REC_PAGES, payload, sizeof(payload),
+                                     flip_payload_bit), -EBADMSG);
+    assert_string_equal(d.err, "record checksum mismatch (in the PAGES record of 12 bytes "
+                               "at byte 0)");
+    assert_int_equal(receive_patched(&d, &m, REC_ROUND, payload, 4, huge_length), -EBADMSG);
+    assert_string_equal(d.err, "record longer than its type allows (in the ROUND record of "
+                               "2147483648 bytes at byte 0)");
+    assert_int_equal(receive_one(&d, &m, REC_PAGES, payload, 3), -EPROTO);
+    assert_non_null(strstr(d.err, "(in the PAGES record of 3 bytes at byte 0)"));
+}
+
 /* A pages record too short for its u32 count + u32 header is refused before
  * the count is read (ASan catches the over-read otherwise). */
 static void test_short_pages_record(void **state)
@@ -80,6 +141,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_short_pages_record),
         cmocka_unit_test(test_cancel_text_bounded),
+        cmocka_unit_test(test_errors_name_the_record),
     };
 
     return cmocka_run_group_tests_name("dest", tests, NULL, NULL);
