@@ -23,6 +23,7 @@
 #include "state/pages.h"
 #include "state/state.h"
 #include "vm/vm.h"
+#include "fuzz_vm.h"
 
 #define FUZZ_RAM (64ULL << 20)   /* what the recorded seeds' VM has */
 
@@ -37,25 +38,15 @@ int __wrap_pc_dst_start(struct pc_dst *p)
     return -ENOSYS;
 }
 
-/* A VM with guest RAM (reserved, filled only where pages land) and the
- * devices that need no KVM. */
-static void fuzz_vm_setup(void)
+/* Guest RAM reserved, filled only where pages land. */
+static void fuzz_dest_vm(void)
 {
     void *ram = mmap(NULL, FUZZ_RAM, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 
     if (ram == MAP_FAILED)
         exit(1);
-    vm.mem = (struct guest_mem){ .fd = -1, .hva = ram, .size = FUZZ_RAM, .nregions = 1,
-                                 .regions = { { 0, FUZZ_RAM, 0 } } };
-    pio_init(&bus);
-    serial_init(&vm.serial, &bus, -1, -1, -1);
-    rtc_init(&vm.rtc, &bus, FUZZ_RAM, 1);
-    pci_init(&vm.pci, &bus);
-    vm.sections.n = 0;
-    state_register(&vm.sections, &serial_state_ops, 0, &vm.serial);
-    state_register(&vm.sections, &rtc_state_ops, 0, &vm.rtc);
-    state_register(&vm.sections, &pci_state_ops, 0, &vm.pci.host_bridge);
+    fuzz_vm_setup(&vm, &bus, ram, FUZZ_RAM);
 }
 
 static void put(struct stream_io *io, uint32_t type, uint32_t flags, const void *p, uint64_t n)
@@ -111,7 +102,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
-    fuzz_vm_setup();
+    fuzz_dest_vm();
     mig_init(&mig);
     if (getenv("FERRY_FUZZ_WRITE_SEED"))
         fuzz_write_seeds(getenv("FERRY_FUZZ_WRITE_SEED"));

@@ -14,27 +14,13 @@
 #include "state/state.h"
 #include "state/xpages.h"
 #include "vm/vm.h"
+#include "fuzz_vm.h"
 
 #define FUZZ_RAM (64 * 4096)
 
 static struct vm vm;
 static uint8_t ram[FUZZ_RAM];
 static struct pio_bus bus;
-
-/* A VM with guest RAM and the devices that need no KVM. */
-static void fuzz_vm_setup(void)
-{
-    vm.mem = (struct guest_mem){ .fd = -1, .hva = ram, .size = FUZZ_RAM, .nregions = 1,
-                                 .regions = { { 0, FUZZ_RAM, 0 } } };
-    pio_init(&bus);
-    serial_init(&vm.serial, &bus, -1, -1, -1);
-    rtc_init(&vm.rtc, &bus, FUZZ_RAM, 1);
-    pci_init(&vm.pci, &bus);
-    vm.sections.n = 0;
-    state_register(&vm.sections, &serial_state_ops, 0, &vm.serial);
-    state_register(&vm.sections, &rtc_state_ops, 0, &vm.rtc);
-    state_register(&vm.sections, &pci_state_ops, 0, &vm.pci.host_bridge);
-}
 
 /* A parallel-engine batch too: a full page, a zero page, an empty delta. */
 static void fuzz_seed_xpages(struct stream_io *io)
@@ -81,7 +67,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
-    fuzz_vm_setup();
+    fuzz_vm_setup(&vm, &bus, ram, FUZZ_RAM);
     if (getenv("FERRY_FUZZ_WRITE_SEED"))
         fuzz_write_seed(getenv("FERRY_FUZZ_WRITE_SEED"));
     return 0;

@@ -1,7 +1,8 @@
 """A TCP proxy that damages one migration stream on purpose: on the first
 connection it carries (the main channel), at the start of a chosen record, it
 flips a bit, truncates, rewrites the length field to 2^31 or stalls. Later
-connections (urgent channel, recovery) pass untouched."""
+connections (urgent channel, recovery) pass untouched. With kind None it only
+keeps a copy of what the source sent on the first (tests/fuzz's recorder)."""
 import socket
 import struct
 import threading
@@ -13,9 +14,9 @@ REC_SECTION, REC_PAGES, REC_END = 1, 2, 3
 
 
 class FaultProxy:
-    def __init__(self, target_port, kind, rec_type, nth=1, after_type=None, stall_s=40):
+    def __init__(self, target_port, kind, rec_type=None, nth=1, after_type=None, stall_s=40):
         """kind: flip | truncate | length | stall, at the nth record of rec_type
-        (counted after the first record of after_type, if given)."""
+        (counted after the first record of after_type, if given); None: record."""
         self.target = ("127.0.0.1", target_port)
         self.kind, self.rec_type, self.nth = kind, rec_type, nth
         self.after_type, self.stall_s = after_type, stall_s
@@ -27,6 +28,7 @@ class FaultProxy:
         self.port = self.srv.getsockname()[1]
         self.uri = f"tcp:127.0.0.1:{self.port}"
         self.first = True
+        self.recorded = bytearray()
         self.socks = []
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -71,6 +73,8 @@ class FaultProxy:
                 data = c.recv(1 << 16)
                 if not data:
                     break
+                if self.kind is None:
+                    self.recorded += data
                 buf += data
                 if nxt is None and len(buf) >= 16:
                     nxt = struct.unpack_from("<I", buf, HEADER_SIZE_AT)[0]

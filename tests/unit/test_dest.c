@@ -13,31 +13,9 @@
 
 #include "migration/dest_internal.h"
 
-/* Runs dst_receive() on one record (type, payload of len bytes) and returns
- * its result; the reason is left in d->err. */
-static int receive_one(struct mig_dst *d, struct migration *m, uint32_t type,
-                       const void *payload, uint64_t len)
-{
-    struct stream_io out;
-    int fds[2], ret;
-
-    mig_init(m);
-    *d = (struct mig_dst){ .m = m, .sock = -1, .usock = -1, .lfd = -1 };
-    assert_int_equal(pipe(fds), 0);
-    assert_int_equal(stream_io_init(&out, fds[1], 4096), 0);
-    assert_int_equal(stream_put_record(&out, type, 0, 0, MIG_PROTO_VERSION, 0, payload, len), 0);
-    assert_int_equal(stream_flush(&out), 0);
-    stream_io_free(&out);
-    close(fds[1]);
-    assert_int_equal(stream_io_init(&d->in, fds[0], 4096), 0);
-    ret = dst_receive(d);
-    stream_io_free(&d->in);
-    close(fds[0]);
-    return ret;
-}
-
-/* Like receive_one(), with the record's bytes changed after sealing: a
- * corrupt stream. patch(buf, n) edits the serialised record. */
+/* Runs dst_receive() on one record (type, payload of len bytes), its bytes
+ * changed after sealing by patch(buf, n) if given (a corrupt stream), and
+ * returns its result; the reason is left in d->err. */
 static int receive_patched(struct mig_dst *d, struct migration *m, uint32_t type,
                            const void *payload, uint64_t len, void (*patch)(uint8_t *, size_t))
 {
@@ -53,16 +31,24 @@ static int receive_patched(struct mig_dst *d, struct migration *m, uint32_t type
     assert_int_equal(stream_put_record(&out, type, 0, 0, MIG_PROTO_VERSION, 0, payload, len), 0);
     assert_int_equal(stream_flush(&out), 0);
     stream_io_free(&out);
-    n = read(fds[0], buf, sizeof(buf));
-    assert_true(n > 0);
-    patch(buf, (size_t)n);
-    assert_int_equal(write(fds[1], buf, (size_t)n), n);
+    if (patch) {
+        n = read(fds[0], buf, sizeof(buf));
+        assert_true(n > 0);
+        patch(buf, (size_t)n);
+        assert_int_equal(write(fds[1], buf, (size_t)n), n);
+    }
     close(fds[1]);
     assert_int_equal(stream_io_init(&d->in, fds[0], 4096), 0);
     ret = dst_receive(d);
     stream_io_free(&d->in);
     close(fds[0]);
     return ret;
+}
+
+static int receive_one(struct mig_dst *d, struct migration *m, uint32_t type,
+                       const void *payload, uint64_t len)
+{
+    return receive_patched(d, m, type, payload, len, NULL);
 }
 
 static void flip_payload_bit(uint8_t *buf, size_t n)
