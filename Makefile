@@ -5,7 +5,7 @@ ASAN_BUILD ?= build/asan
 GUEST_OUT  := $(BUILD)/guest
 MESON_OPTS ?=
 
-.PHONY: all ferry asan guest linux-guest test unit integration demo bench fuzz deps clean
+.PHONY: all ferry asan guest linux-guest test unit integration demo bench fuzz soak deps clean
 
 all: ferry guest
 
@@ -43,6 +43,14 @@ unit:
 fuzz:
 	@scripts/deps.sh build test
 	@scripts/fuzz.sh $(FUZZ_SECONDS)
+
+# SOAK_N ping-pong migrations with random faults (tests/soak/soak.py); not in
+# make test. Rewrites docs/RELIABILITY.md.
+SOAK_N ?= 200
+soak:
+	@scripts/deps.sh build test
+	@$(MAKE) --no-print-directory asan guest
+	@SOAK_N=$(SOAK_N) /usr/bin/python3 tests/soak/soak.py --report docs/RELIABILITY.md
 
 demo: ferry guest
 	@scripts/demo.sh
