@@ -13,6 +13,7 @@
 
 #include "cli/args.h"
 #include "migration/channel.h"
+#include "migration/disks.h"
 #include "migration/dest_internal.h"
 #include "migration/migration.h"
 #include "migration/postcopy.h"
@@ -130,6 +131,27 @@ static int dst_check_hello(struct mig_dst *d, const struct stream_header *h)
 
 static int dst_accept_data(struct mig_dst *d);
 
+/* REC_DISKS follows the HELLO: the guest's disks must be these. */
+static int dst_check_disks(struct mig_dst *d)
+{
+    struct mig_disk disks[MIG_DISKS_MAX];
+    struct stream_record r;
+    const char *why = "";
+    char msg[200];
+    uint32_t n = 0;
+    uint8_t *p;
+    int ret = stream_get_record(&d->in, &r, &p, &why);
+
+    if (ret < 0)
+        return dst_refuse(d, ret, why);
+    if (r.type != REC_DISKS || mig_disks_decode(p, r.length, disks, &n) < 0)
+        ret = dst_refuse(d, -EPROTO, "expected the source's disks after its handshake");
+    else if (mig_disks_compare(disks, n, d->vm, msg, sizeof(msg)) < 0)
+        ret = dst_refuse(d, -EINVAL, msg);
+    free(p);
+    return ret;
+}
+
 static int dst_handshake(struct mig_dst *d)
 {
     struct stream_header h;
@@ -151,6 +173,8 @@ static int dst_handshake(struct mig_dst *d)
         return dst_refuse(d, -EIO, "could not create the VM on the destination");
     if (h.cpuid_fingerprint != vm_cpuid_fingerprint(d->vm))
         return dst_refuse(d, -EINVAL, "this host does not offer the source VM's CPU model");
+    if ((ret = dst_check_disks(d)) < 0)
+        return ret;
     d->vm->clock_follow_realtime = true;
     ret = mig_send_status(&d->out, REC_ACK, 0, "ok");
     return ret < 0 ? ret : dst_accept_data(d);

@@ -38,6 +38,7 @@ const char *mig_record_name(uint32_t type)
         [REC_ROUND] = "ROUND", [REC_RUNNING] = "RUNNING", [REC_CANCEL] = "CANCEL",
         [REC_POSTCOPY_ADVISE] = "POSTCOPY_ADVISE", [REC_PAGE_REQ] = "PAGE_REQ",
         [REC_POSTCOPY_DONE] = "POSTCOPY_DONE", [REC_ROUND_ACK] = "ROUND_ACK",
+        [REC_DISKS] = "DISKS",
     };
 
     return type < sizeof(names) / sizeof(names[0]) && names[type] ? names[type] : NULL;

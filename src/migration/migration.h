@@ -12,7 +12,7 @@
 #include "migration/policy.h"
 #include "migration/xfer.h"
 
-#define MIG_PROTO_VERSION 1
+#define MIG_PROTO_VERSION 2      /* 2: REC_DISKS follows the main channel's HELLO */
 #define MIG_MAX_ROUNDS    1024
 #define MIG_CTRL_MAX      512      /* bytes of a control record payload */
 
@@ -26,6 +26,7 @@ enum mig_rec_type {
     REC_PAGE_REQ = 21,  /* dst -> src, urgent channel: {u64 gpa} a vCPU faulted on */
     REC_POSTCOPY_DONE = 22,    /* dst -> src: every page has arrived */
     REC_ROUND_ACK = 23, /* dst -> src: everything up to that ROUND is applied {u32 round} */
+    REC_DISKS = 24,     /* src -> dst, after the HELLO: the guest's disks (disks.h) */
 };
 
 /* proto_flags of a connection's HELLO. */

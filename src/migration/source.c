@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "migration/channel.h"
+#include "migration/disks.h"
 #include "migration/dirty.h"
 #include "migration/migration.h"
 #include "migration/source_internal.h"
@@ -154,6 +155,19 @@ static void src_hello_caps(struct mig_src *s, struct stream_header *h)
 }
 
 /* A connection to the destination: HELLO with flags, then its ACK. */
+/* The main channel's HELLO is followed by the guest's disks: the destination
+ * answers the two together, so a disk that differs there is refused before
+ * any page moves. */
+static int src_put_disks(struct mig_src *s, struct stream_io *out)
+{
+    struct mig_disk d[MIG_DISKS_MAX];
+    uint8_t buf[MIG_DISKS_MAX_LEN];
+    size_t len = mig_disks_encode(d, mig_disks_of(s->vm, d), buf);
+
+    return stream_put_record(out, REC_DISKS, 0, 0, MIG_PROTO_VERSION, REC_FLAG_MANDATORY, buf,
+                             len);
+}
+
 /* The main channel is published before its handshake: a cancel shuts down
  * the connection of a peer that accepted and never answers. */
 static void src_publish_sock(struct mig_src *s, int sock)
@@ -196,6 +210,8 @@ int src_open_channel(struct mig_src *s, uint32_t flags, int *sock, struct stream
         h.tsc_khz = (uint64_t)MAX(ioctl(s->vm->vcpus[0].fd, KVM_GET_TSC_KHZ, 0), 0);
     h.checksum = stream_header_seal(&h);
     ret = stream_write(out, &h, sizeof(h));
+    if (ret == 0 && flags == 0)
+        ret = src_put_disks(s, out);
     if (ret == 0)
         ret = stream_flush(out);
     if (ret < 0)

@@ -17,14 +17,15 @@ from faultproxy import FaultProxy  # noqa: E402
 from ferrylib import Vm, free_port, migrate, wait_listening  # noqa: E402
 
 REC_HDR = 40
-REC_PAGES, REC_XPAGES = 2, 5
+REC_PAGES, REC_XPAGES, REC_DISKS = 2, 5, 24
 SEED_PAGE_BYTES = 192 << 10
 MODES = {"precopy": ["--connections", "0"],
          "postcopy": ["--connections", "0", "--mode", "postcopy"]}
 
 
 def trim(stream):
-    """The records after the header, page records only up to SEED_PAGE_BYTES."""
+    """The records after the header and the disks, page records only up to
+    SEED_PAGE_BYTES."""
     hsize = struct.unpack_from("<I", stream, 12)[0]
     out, off, pages = bytearray(), hsize, 0
     while off + REC_HDR <= len(stream):
@@ -32,6 +33,8 @@ def trim(stream):
         length = struct.unpack_from("<Q", stream, off + 24)[0]
         rec = stream[off:off + REC_HDR + length]
         off += REC_HDR + length
+        if rtype == REC_DISKS:          # read by the handshake, not the receive loop
+            continue
         if rtype in (REC_PAGES, REC_XPAGES):
             if pages + len(rec) > SEED_PAGE_BYTES:
                 continue
