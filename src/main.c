@@ -60,11 +60,11 @@ static void signals_block(void)
 static int restore_check(struct vm *vm, const struct run_args *a,
                          const struct stream_header *h, char *err, size_t len)
 {
-    if (a->memory_given && a->vm.mem_bytes != h->mem_size)
+    if (a->vm.memory_given && a->vm.mem_bytes != h->mem_size)
         snprintf(err, len, "snapshot is of a %llu MiB VM, --memory asks for %llu MiB",
                  (unsigned long long)(h->mem_size >> 20),
                  (unsigned long long)(a->vm.mem_bytes >> 20));
-    else if (a->cpus_given && a->vm.ncpus != h->ncpus)
+    else if (a->vm.cpus_given && a->vm.ncpus != h->ncpus)
         snprintf(err, len, "snapshot is of a %u-vCPU VM, --cpus asks for %u", h->ncpus,
                  a->vm.ncpus);
     else if (vm && h->cpuid_fingerprint != vm_cpuid_fingerprint(vm))
@@ -156,7 +156,7 @@ static int run_incoming(struct vm *vm, struct run_args *a, struct api_server **a
     vm->state = VM_INCOMING;
     if (api_open(api, vm, a) < 0)
         return RUN_BAD_INPUT;
-    return mig_incoming(vm->mig, vm, a, host, port) < 0 ? RUN_FAILED : 0;
+    return mig_incoming(vm->mig, vm, &a->vm, host, port) < 0 ? RUN_FAILED : 0;
 }
 
 /* Creates the VM: booted from a kernel, loaded from a snapshot, or (with

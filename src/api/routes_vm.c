@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <jansson.h>
 
+#include "migration/migration.h"
 #include "util/util.h"
 #include "vm/vm.h"
 
@@ -110,6 +111,11 @@ static int route_vm_snapshot(void *ctx, json_t *body, json_t **resp)
     if (path[0] != '/') {
         *resp = api_error("path must be absolute: %s", path);
         return 400;
+    }
+    /* The VM layer knows nothing of migrations: asked here, where both meet. */
+    if (vm->mig && (mig_active(vm->mig) || mig_memory_incomplete(vm->mig))) {
+        *resp = api_error("snapshot failed: a migration is running");
+        return 409;
     }
     ret = vm_snapshot(vm, path, resume, &r, err, sizeof(err));
     if (ret < 0) {

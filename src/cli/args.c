@@ -191,10 +191,10 @@ static int args_one(int opt, struct run_args *a, char *err, size_t len)
     case OPT_INITRD: c->initrd = optarg; return 0;
     case OPT_CMDLINE: c->cmdline = optarg; return 0;
     case OPT_MEMORY:
-        a->memory_given = true;
+        c->memory_given = true;
         return args_memory(optarg, &c->mem_bytes, err, len);
     case OPT_CPUS:
-        a->cpus_given = true;
+        c->cpus_given = true;
         return args_cpus(optarg, &c->ncpus, err, len);
     case OPT_SNAPSHOT: a->snapshot = optarg; return 0;
     case OPT_PAUSED: a->paused = true; return 0;

@@ -15,8 +15,6 @@ struct run_args {
     const char *snapshot;     /* restore: the file to start from */
     const char *incoming;     /* run --incoming tcp:HOST:PORT */
     bool paused;              /* restore: start with vCPUs paused */
-    bool memory_given;        /* restore: --memory/--cpus must match the snapshot */
-    bool cpus_given;
 };
 
 /* argv[0] is the verb ("run" or "restore"). Returns 0, ARGS_HELP, or -EINVAL

@@ -11,7 +11,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "cli/args.h"
 #include "migration/channel.h"
 #include "migration/disks.h"
 #include "migration/dest_internal.h"
@@ -112,16 +111,16 @@ static int dst_check_hello(struct mig_dst *d, const struct stream_header *h)
         return dst_refuse(d, -EPROTO, "expected a new migration, got a recovery or a channel");
     if ((ret = dst_check_caps(d, h, msg, sizeof(msg))) < 0)
         return dst_refuse(d, ret, msg);
-    if (d->a->memory_given && d->a->vm.mem_bytes != h->mem_size) {
+    if (d->cfg->memory_given && d->cfg->mem_bytes != h->mem_size) {
         snprintf(msg, sizeof(msg), "memory size mismatch: the source VM has %llu MiB, "
                  "the destination was started with --memory %llu",
                  (unsigned long long)(h->mem_size >> 20),
-                 (unsigned long long)(d->a->vm.mem_bytes >> 20));
+                 (unsigned long long)(d->cfg->mem_bytes >> 20));
         return dst_refuse(d, -EINVAL, msg);
     }
-    if (d->a->cpus_given && d->a->vm.ncpus != h->ncpus) {
+    if (d->cfg->cpus_given && d->cfg->ncpus != h->ncpus) {
         snprintf(msg, sizeof(msg), "vCPU count mismatch: the source VM has %u, the "
-                 "destination was started with --cpus %u", h->ncpus, d->a->vm.ncpus);
+                 "destination was started with --cpus %u", h->ncpus, d->cfg->ncpus);
         return dst_refuse(d, -EINVAL, msg);
     }
     if (h->ncpus > VM_MAX_VCPUS || mem_check_size(h->mem_size, mem_host_total()) < 0)
@@ -166,10 +165,10 @@ static int dst_handshake(struct mig_dst *d)
     ret = dst_check_hello(d, &h);
     if (ret < 0)
         return ret;
-    d->a->vm.mem_bytes = h.mem_size;
-    d->a->vm.ncpus = h.ncpus;
-    d->a->vm.restore = true;
-    if (vm_create(d->vm, &d->a->vm) < 0)
+    d->cfg->mem_bytes = h.mem_size;
+    d->cfg->ncpus = h.ncpus;
+    d->cfg->restore = true;
+    if (vm_create(d->vm, d->cfg) < 0)
         return dst_refuse(d, -EIO, "could not create the VM on the destination");
     if (h.cpuid_fingerprint != vm_cpuid_fingerprint(d->vm))
         return dst_refuse(d, -EINVAL, "this host does not offer the source VM's CPU model");
@@ -768,14 +767,14 @@ static int dst_accept(struct mig_dst *d)
     return 0;
 }
 
-int mig_incoming(struct migration *m, struct vm *vm, struct run_args *a,
+int mig_incoming(struct migration *m, struct vm *vm, struct vm_config *cfg,
                  const char *host, const char *port)
 {
     static struct mig_dst dst;
     struct mig_dst *d = &dst;
     int ret;
 
-    *d = (struct mig_dst){ .m = m, .vm = vm, .a = a, .sock = -1, .usock = -1 };
+    *d = (struct mig_dst){ .m = m, .vm = vm, .cfg = cfg, .sock = -1, .usock = -1 };
     m->vm = vm;   /* the report shows the devices' switchover counters */
     d->pc.uffd = -1;
     d->lfd = chan_listen(host, port);

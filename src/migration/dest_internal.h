@@ -14,7 +14,7 @@
 struct mig_dst {
     struct migration *m;
     struct vm *vm;
-    struct run_args *a;
+    struct vm_config *cfg;      /* the destination's options; sized from the HELLO */
     int lfd;                    /* kept open: urgent channel and recovery */
     int sock;
     struct stream_io in, out;

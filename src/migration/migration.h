@@ -188,8 +188,8 @@ const char *mig_record_name(uint32_t type);
 
 /* Destination side: waits for one migration on host:port into vm (created
  * here from the source's handshake) and starts it. */
-struct run_args;
-int mig_incoming(struct migration *m, struct vm *vm, struct run_args *a,
+struct vm_config;
+int mig_incoming(struct migration *m, struct vm *vm, struct vm_config *cfg,
                  const char *host, const char *port);
 
 /* Stops a destination's post-copy threads at exit. */

@@ -11,7 +11,6 @@
 #define XXH_STATIC_LINKING_ONLY
 #include <xxhash.h>
 
-#include "migration/migration.h"
 #include "state/pages.h"
 #include "state/xpages.h"
 #include "util/log.h"
@@ -126,10 +125,6 @@ int vm_snapshot(struct vm *vm, const char *path, bool resume, struct snapshot_re
     int ret = 0;
 
     memset(res, 0, sizeof(*res));
-    if (vm->mig && (mig_active(vm->mig) || mig_memory_incomplete(vm->mig))) {
-        snprintf(err, len, "a migration is running");
-        return -EBUSY;
-    }
     pthread_mutex_lock(&vm->op_lock);
     if (vm->state == VM_RUNNING)
         ret = vm_pause(vm);

@@ -39,6 +39,8 @@ struct vm_config {
     const char *console;      /* "stdio", "file:PATH" or "none" */
     const char *debugcon;     /* path or NULL */
     bool restore;             /* state comes from a stream: no kernel is loaded */
+    bool memory_given;        /* --memory/--cpus given: a snapshot or an incoming */
+    bool cpus_given;          /*   migration must match them */
     unsigned dirty_ring;      /* entries per vCPU of KVM's dirty ring; 0: bitmap log */
     unsigned ndisks;          /* --disk, in PCI order */
     struct disk_config disks[BLK_MAX_DISKS];
