@@ -201,7 +201,7 @@ static bool client_err_connecting(int err)
     return err != -ECONNRESET && err != -EPROTO && err != -ENOMEM && err != -EIO;
 }
 
-static int client_report_transport(const char *verb, const char *socket_path, int err)
+int client_report_transport(const char *verb, const char *socket_path, int err)
 {
     if (client_err_connecting(err))
         fprintf(stderr, "ferry %s: cannot connect to %s: %s\n", verb, socket_path, strerror(-err));

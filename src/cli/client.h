@@ -33,6 +33,9 @@ int client_request(const char *socket_path, const char *method, const char *path
  * Returns an exit code (enum client_exit); errors go to stderr as
  * "ferry <verb>: ...".
  */
+/* "ferry VERB: cannot connect to PATH: ..." (or "request to PATH failed" once
+ * connected); returns CLIENT_EXIT_CONNECT. */
+int client_report_transport(const char *verb, const char *socket_path, int err);
 int client_verb_main(int argc, char **argv);
 
 /*

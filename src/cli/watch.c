@@ -202,10 +202,8 @@ int migrate_watch(const char *sock, const char *body, bool json)
     if (watch_loop(&p, &cancelled) < 0)
         return WATCH_EXIT_INTERRUPTED;     /* the PUT thread ends with the process */
     pthread_join(t, NULL);
-    if (p.ret < 0) {
-        fprintf(stderr, "ferry migrate: request to %s failed: %s\n", sock, strerror(-p.ret));
-        return CLIENT_EXIT_CONNECT;
-    }
+    if (p.ret < 0)
+        return client_report_transport("migrate", sock, p.ret);
     watch_report(p.resp, json);
     ret = p.status == 200 ? CLIENT_EXIT_OK : CLIENT_EXIT_API;
     if (ret && cancelled)

@@ -220,5 +220,9 @@ def test_bad_cli_verbs(tmp_path):
     assert r.returncode == 2 and "unknown verb" in r.stderr
     r = run_cli("status", "--api-socket", str(tmp_path / "missing.sock"))
     assert r.returncode == 3 and "cannot connect" in r.stderr
+    # migrate --wait has its own request loop: the same words, the same code
+    r = run_cli("migrate", "--api-socket", str(tmp_path / "missing.sock"), "tcp:127.0.0.1:1",
+                "--wait")
+    assert r.returncode == 3 and "cannot connect to" in r.stderr, r.stderr
     r = run_cli("pause")
     assert r.returncode == 2
