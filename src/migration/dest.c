@@ -557,13 +557,12 @@ static int dst_pc_recover(struct mig_dst *d)
 
 /* Every page is here: say so (with the fault statistics, which only this
  * side sees) and stop catching faults. */
-static void dst_pc_finish(struct mig_dst *d)
+static int dst_pc_send_done(struct mig_dst *d, struct stream_io *out)
 {
     struct migration *m = d->m;
     uint8_t buf[4 + 7 * 8 + 1] = { 0 };
     uint64_t v[7];
 
-    dst_pc_publish(d);
     v[0] = m->pc_faults;
     v[1] = m->pc_zero_faults;
     v[2] = m->pc_demanded;
@@ -572,7 +571,15 @@ static void dst_pc_finish(struct mig_dst *d)
     v[5] = ((uint64_t)m->pc_p99_us << 32) | m->pc_p50_us;
     v[6] = m->pc_max_us;
     memcpy(buf + 4, v, sizeof(v));
-    mig_send_ctrl(&d->out, REC_POSTCOPY_DONE, buf, sizeof(buf));
+    return mig_send_ctrl(out, REC_POSTCOPY_DONE, buf, sizeof(buf));
+}
+
+static void dst_pc_finish(struct mig_dst *d)
+{
+    struct migration *m = d->m;
+
+    dst_pc_publish(d);
+    dst_pc_send_done(d, &d->out);
     dst_stop_urgent(d);
     pc_dst_stop(&d->pc);
     pthread_mutex_lock(&m->lock);
@@ -608,19 +615,57 @@ static void dst_pc_aborted(struct mig_dst *d, const char *why)
  * A record that fails says so: the connection is dropped and recovered. */
 static int dst_pc_next(struct mig_dst *d, struct stream_record *r, uint8_t **p)
 {
-    struct pollfd pfd = { .fd = d->sock, .events = POLLIN };
+    struct pollfd pfd[2] = { { .fd = d->sock, .events = POLLIN },
+                             { .fd = d->lfd, .events = POLLIN } };
     const char *why = "";
     uint64_t at = d->in.bytes;
     int ret;
 
-    if (d->in.pos == d->in.len && poll(&pfd, 1, 200) == 0)
+    if (d->in.pos == d->in.len && poll(pfd, 2, 200) == 0)
         return 1;
+    if (d->in.pos == d->in.len && !(pfd[0].revents & POLLIN) && (pfd[1].revents & POLLIN)) {
+        /* A silent link and a new connection waiting: the source gave this
+         * one up (a stalled path) and is reconnecting. Take it. */
+        snprintf(d->err, sizeof(d->err), "the source connected again while this connection "
+                 "was silent");
+        log_warn("post-copy: %s", d->err);
+        return -ECONNRESET;
+    }
     ret = stream_get_record(&d->in, r, p, &why);
     if (ret < 0) {
         dst_read_failed(d, ret, r, at, why);
         log_warn("post-copy: %s", d->err);
     }
     return ret;
+}
+
+/* Every page is here, but DONE may not have reached the source (the link
+ * stalled as it went): a source that reconnects is told "no page needed"
+ * and DONE again, until this process ends. */
+static void dst_pc_linger(struct mig_dst *d)
+{
+    struct stream_io in = { 0 }, out = { 0 };
+    struct pc_bitmap none;
+    uint8_t *bm = NULL;
+    uint64_t len = 0;
+    int sock = -1;
+
+    if (pc_bitmap_init_empty(&none, &d->vm->mem) < 0 || pc_bitmap_encode(&none, &bm, &len) < 0)
+        bm = NULL;
+    pc_bitmap_free(&none);
+    while (bm && !__atomic_load_n(&d->stop, __ATOMIC_ACQUIRE)) {
+        if (dst_accept_channel(d, MIG_FLAG_RECOVER, &sock, &in, &out) < 0) {
+            usleep(DST_ACCEPT_BACKOFF_US);
+            continue;
+        }
+        log_info("post-copy: the source reconnected after the end; telling it again");
+        stream_put_record(&out, REC_BITMAP, 0, 0, 1, REC_FLAG_MANDATORY, bm, len);
+        dst_pc_send_done(d, &out);
+        close(sock);
+    }
+    stream_io_free(&in);
+    stream_io_free(&out);
+    free(bm);
 }
 
 static void *dst_pc_thread(void *arg)
@@ -651,8 +696,10 @@ static void *dst_pc_thread(void *arg)
         }
         free(p);
     }
-    if (!__atomic_load_n(&d->stop, __ATOMIC_ACQUIRE))
+    if (!__atomic_load_n(&d->stop, __ATOMIC_ACQUIRE)) {
         dst_pc_finish(d);
+        dst_pc_linger(d);
+    }
     return NULL;
 }
 

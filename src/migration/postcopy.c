@@ -55,6 +55,20 @@ int pc_bitmap_encode(const struct pc_bitmap *b, uint8_t **buf, uint64_t *len)
     return 0;
 }
 
+int pc_bitmap_init_empty(struct pc_bitmap *b, const struct guest_mem *mem)
+{
+    memset(b, 0, sizeof(*b));
+    for (unsigned i = 0; i < mem->nregions; i++) {
+        b->r[i].gpa = mem->regions[i].gpa;
+        b->r[i].pages = mem->regions[i].size / PAGE_SIZE;
+        b->r[i].bits = calloc(bitmap_words(b->r[i].pages), 8);
+        b->n = i + 1;
+        if (!b->r[i].bits)
+            return pc_bitmap_free(b), -ENOMEM;
+    }
+    return 0;
+}
+
 /* The regions must be exactly the destination's: same layout, same sizes. */
 int pc_bitmap_decode(struct pc_bitmap *b, const struct guest_mem *mem, const uint8_t *buf,
                      uint64_t len, const char **why)

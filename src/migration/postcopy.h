@@ -26,6 +26,8 @@ struct pc_bitmap {
 };
 
 void pc_bitmap_free(struct pc_bitmap *b);
+/* mem's layout, no page needed. */
+int pc_bitmap_init_empty(struct pc_bitmap *b, const struct guest_mem *mem);
 /* Wire form: u32 nregions, then per region u64 gpa, u64 pages, bit words. */
 int pc_bitmap_encode(const struct pc_bitmap *b, uint8_t **buf, uint64_t *len);
 int pc_bitmap_decode(struct pc_bitmap *b, const struct guest_mem *mem, const uint8_t *buf,

@@ -363,6 +363,8 @@ static int pc_reconnect(struct mig_src *s)
     pc_bitmap_free(&s->needed);
     s->needed = fresh;
     pthread_mutex_unlock(&s->pc_lock);
+    if (!pc_bitmap_count(&s->needed))
+        return 0;   /* it has every page: only its DONE is left to read */
     ret = pc_open_urgent(s, MIG_FLAG_RECOVER);
     return ret == 0 ? pc_start_urgent(s) : ret;
 }

@@ -84,22 +84,31 @@ def test_stalled_stream_fails_and_keeps_the_vm(vm_factory, phase):
         proxy.close()
 
 
-@pytest.mark.parametrize("kind", ["flip", "length", "truncate"])
+@pytest.mark.parametrize("kind", ["flip", "length", "truncate", "stall"])
 def test_damaged_stream_in_postcopy_is_recovered(vm_factory, kind):
     # After the destination runs, the source cannot take the VM back: the
-    # destination drops the damaged connection and the source reconnects.
+    # destination drops the damaged connection and the source reconnects. A
+    # stalled link: the source times out (30 s) and connects again, and the
+    # destination takes the new connection over the silent one.
     src, dst, port = vm_pair(vm_factory, 512, "dirtier.mib=256 dirtier.rate=-1")
     proxy = FaultProxy(port, kind, REC_PAGES, 2, after_type=REC_END)
     try:
         rc, rep, err = migrate(src, proxy.uri, "--connections", "0", "--mode", "postcopy",
-                               "--bandwidth", "64", timeout=180)
+                               "--bandwidth", "64", timeout=240)
         assert proxy.done.is_set(), "the fault never happened"
         assert rc == 0, err
-        assert rep["state"] == "completed" and rep["postcopy"]["recoveries"] >= 1, rep
+        assert rep["state"] == "completed", rep
         assert src.wait_exit(30) == 0
         dst.wait_for(r"^VERIFY ok", timeout=30)
         assert_continues(src.console.refresh(), dst.console.refresh())
         err = dst.stderr_text()
-        assert "post-copy: " in err and "in the PAGES record" in err, err[-2000:]
+        if kind != "stall":
+            assert rep["postcopy"]["recoveries"] >= 1, rep["postcopy"]
+            assert "post-copy: " in err and "in the PAGES record" in err, err[-2000:]
+        elif rep["postcopy"]["recoveries"]:
+            # Only one direction stalls: DONE may still reach the source. When
+            # it did not, the source reconnected, and the destination took the
+            # new connection over the silent one, or answered it after the end.
+            assert "connected again" in err or "reconnected after the end" in err, err[-2000:]
     finally:
         proxy.close()
