@@ -141,6 +141,13 @@ int mig_send_status(struct stream_io *io, uint32_t type, int32_t status, const c
     return mig_send_ctrl(io, type, buf, (uint32_t)(5 + n));
 }
 
+const char *chan_strerror(int err)
+{
+    if (err == -EAGAIN || err == -EWOULDBLOCK || err == -ETIMEDOUT)
+        return "timed out (the peer stopped reading or answering)";
+    return strerror(-err);
+}
+
 /* Reads a control record of the wanted type; a REC_CANCEL or unexpected
  * type is an error with the peer's text in err. */
 int chan_read_ctrl(struct stream_io *io, uint32_t want, uint8_t *buf, uint32_t *len,

@@ -119,7 +119,7 @@ static int src_xfer_fail(struct mig_src *s, int ret)
         return src_fail(s, ret, "%.200s", "cancelled");
     if (s->xon && xfer_error(&s->x, why, sizeof(why)) < 0)
         return src_fail(s, ret, "sending memory: %.200s", why);
-    return src_fail(s, ret, "sending memory: %.200s", strerror(-ret));
+    return src_fail(s, ret, "sending memory: %.200s", chan_strerror(ret));
 }
 
 int src_xfer_end(struct mig_src *s)
@@ -215,7 +215,7 @@ int src_open_channel(struct mig_src *s, uint32_t flags, int *sock, struct stream
     if (ret == 0)
         ret = stream_flush(out);
     if (ret < 0)
-        return src_fail(s, ret, "sending the handshake: %.200s", strerror(-ret));
+        return src_fail(s, ret, "sending the handshake: %.200s", chan_strerror(ret));
     ret = chan_read_ctrl(in, REC_ACK, buf, &len, why, sizeof(why));
     if (ret < 0)
         return src_fail(s, ret, "handshake: %.200s", why);
@@ -658,7 +658,7 @@ static int src_switchover(struct mig_src *s, bool forced)
         ret = stream_put_record(&s->out, REC_END, 0, 0, 1, s->was_paused ? REC_END_PAUSED : 0,
                                 NULL, 0);
     if (ret == 0 && (ret = stream_flush(&s->out)) < 0)
-        src_fail(s, ret, "sending the VM state: %.200s", strerror(-ret));
+        src_fail(s, ret, "sending the VM state: %.200s", chan_strerror(ret));
     t3 = time_now_ns();
     if (ret == 0)
         ret = src_wait_running(s, &resume_rt, &dt->dest_apply_ns);

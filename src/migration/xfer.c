@@ -4,6 +4,7 @@
  * them), finds zero pages, delta-encodes against its cache, compresses the
  * batch body when it pays and sends it. */
 #include "migration/xfer.h"
+#include "migration/channel.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -416,7 +417,7 @@ int xfer_error(struct xfer *x, char *why, size_t len)
 {
     for (unsigned i = 0; x->w && i < x->p.conns; i++)
         if (x->w[i].err) {
-            snprintf(why, len, "data connection %u: %s", i, strerror(-x->w[i].err));
+            snprintf(why, len, "data connection %u: %s", i, chan_strerror(x->w[i].err));
             return x->w[i].err;
         }
     return 0;

@@ -238,7 +238,7 @@ def tidy(work, survivor):
             shutil.rmtree(path, ignore_errors=True)
 
 
-def soak_run(n, seed, fault_rate):
+def soak_run(n, seed, fault_rate, progress=None):
     rng = random.Random(seed)
     work = tempfile.mkdtemp(prefix="ferry-soak-")
     soak = Soak(work)
@@ -262,6 +262,8 @@ def soak_run(n, seed, fault_rate):
                         os.kill(pid, 9)
                 tidy(work, vm)
                 vm = vm or soak.boot()
+                if progress and (i + 1) % 50 == 0:
+                    progress(i + 1, counts, problems)
             vm.close()
     finally:
         ns.close()
@@ -269,16 +271,17 @@ def soak_run(n, seed, fault_rate):
     return counts, problems
 
 
-def report(path, n, seed, secs, counts, problems):
+def report(path, n, seed, secs, counts, problems, of=None):
     rev = subprocess.run(["git", "-C", HERE, "rev-parse", "--short", "HEAD"],
                          capture_output=True, text=True).stdout.strip()
     rows = sorted({k[:2] for k in counts})
     outs = ["moved", "kept", "lost", "PROBLEM"]
     lines = [f"| {f} | {p} | " + " | ".join(str(counts[(f, p, o)]) for o in outs) + " |"
              for f, p in rows]
+    done = f"{n} of {of} (still running)" if of and of != n else f"{n}"
     text = f"""# Reliability: the soak
 
-`make soak` (tests/soak/soak.py) on {datetime.date.today()}, tree {rev}: {n} ping-pong
+`make soak` (tests/soak/soak.py) on {datetime.date.today()}, tree {rev}: {done} ping-pong
 migrations of a busy 2-vCPU test guest (dirtier 32 MiB at 3000 pages/s, a disk
 loop, the network responder) on real KVM, seed {seed}, {secs / 60:.0f} min. Modes
 cycle pre-copy, post-copy, hybrid; transfer options cycle default, `--connections
@@ -308,7 +311,12 @@ def main():
     ap.add_argument("--report")
     a = ap.parse_args()
     t0 = time.monotonic()
-    counts, problems = soak_run(a.n, a.seed, a.fault_rate)
+
+    def progress(done, counts, problems):
+        if a.report:
+            report(a.report, done, a.seed, time.monotonic() - t0, counts, problems, of=a.n)
+
+    counts, problems = soak_run(a.n, a.seed, a.fault_rate, progress)
     secs = time.monotonic() - t0
     if a.report:
         report(a.report, a.n, a.seed, secs, counts, problems)
