@@ -574,6 +574,8 @@ static int dst_pc_send_done(struct mig_dst *d, struct stream_io *out)
     return mig_send_ctrl(out, REC_POSTCOPY_DONE, buf, sizeof(buf));
 }
 
+static void dst_stop_data(struct mig_dst *d);
+
 static void dst_pc_finish(struct mig_dst *d)
 {
     struct migration *m = d->m;
@@ -582,6 +584,7 @@ static void dst_pc_finish(struct mig_dst *d)
     dst_pc_send_done(d, &d->out);
     dst_stop_urgent(d);
     pc_dst_stop(&d->pc);
+    dst_stop_data(d);   /* hybrid: the pre-copy data connections, idle since the switch */
     pthread_mutex_lock(&m->lock);
     m->state = MIG_RUNNING;
     m->total_ns = time_now_ns() - m->start_ns;
