@@ -197,10 +197,22 @@ def sockets(vm):
     return n
 
 
-def temp_files():
-    """What ferry could leave behind outside its VM directories."""
-    return ({f"/dev/shm/{f}" for f in os.listdir("/dev/shm")} |
-            {f"/tmp/{f}" for f in os.listdir("/tmp") if "ferry" in f or f.endswith(".snap")})
+def temp_files(work):
+    """What the VMMs could leave behind: anything in the soak's directory but
+    the disk and the VM directories, any file of a VM directory but its socket,
+    console and log, and ferry files in /dev/shm (benchmarks' aside)."""
+    left = set()
+    for d in os.listdir(work):
+        path = os.path.join(work, d)
+        if d == "disk.img":
+            continue
+        if not d.startswith("vm") or not os.path.isdir(path):
+            left.add(path)
+            continue
+        left |= {os.path.join(path, f) for f in os.listdir(path)
+                 if f not in ("api.sock", "console.log", "ferry.stderr")}
+    return left | {f"/dev/shm/{f}" for f in os.listdir("/dev/shm")
+                   if "ferry" in f and "bench" not in f}
 
 
 def strays(work, keep):
@@ -254,7 +266,7 @@ def check(plan, survivor, outcome, work, base):
     # source that missed DONE reconnects): two more
     if survivor and sockets(survivor) > base[0] + 2:
         raise AssertionError(f"{sockets(survivor)} sockets open, a fresh VMM has {base[0]}")
-    left = temp_files() - base[1]
+    left = temp_files(work) - base[1]
     if left:
         raise AssertionError(f"files left behind: {sorted(left)[:5]}")
 
@@ -275,7 +287,7 @@ def soak_run(n, seed, fault_rate, progress=None):
     try:
         with ns.entered():
             vm = soak.boot()
-            base = (sockets(vm), temp_files() | {work})
+            base = (sockets(vm), temp_files(work))
             for i in range(n):
                 plan = Plan(i, rng, fault_rate)
                 try:
