@@ -510,11 +510,12 @@ static void dst_accept_backoff(struct mig_dst *d, int err)
 
 /* Waits for the source to come back (it retries by itself, or the operator
  * runs migrate-recover), tells it which pages are still missing, and takes
- * the urgent channel back. The VM keeps running; vCPUs that fault wait. */
+ * the urgent channel back. The VM keeps running; vCPUs that fault wait.
+ * 1: none was missing any more (no urgent channel; DONE follows). */
 static int dst_pc_recover(struct mig_dst *d)
 {
     uint8_t *bm;
-    uint64_t len;
+    uint64_t len, left = 1;
     int ret;
 
     dst_stop_urgent(d);
@@ -534,12 +535,17 @@ static int dst_pc_recover(struct mig_dst *d)
         }
         pthread_mutex_lock(&d->pc.lock);
         ret = pc_bitmap_encode(&d->pc.needed, &bm, &len);
+        left = pc_bitmap_count(&d->pc.needed);
         pthread_mutex_unlock(&d->pc.lock);
         if (ret == 0) {
             stream_put_record(&d->out, REC_BITMAP, 0, 0, 1, REC_FLAG_MANDATORY, bm, len);
             free(bm);
             ret = stream_flush(&d->out);
         }
+        /* Nothing left to ask for: the source opens no urgent channel, it only
+         * waits for DONE, which follows on this connection. */
+        if (ret == 0 && !left)
+            break;
         if (ret == 0 && dst_wait_urgent_or_cancel(d) < 0)
             return -ECANCELED;
         if (ret == 0)
@@ -551,8 +557,8 @@ static int dst_pc_recover(struct mig_dst *d)
     d->m->pc_recoveries++;
     dst_set_state(d, MIG_POSTCOPY);
     log_info("post-copy: the source is back; %llu pages still missing",
-             (unsigned long long)pc_dst_remaining(&d->pc));
-    return 0;
+             (unsigned long long)left);
+    return left ? 0 : 1;
 }
 
 /* Every page is here: say so (with the fault statistics, which only this
@@ -686,8 +692,11 @@ static void *dst_pc_thread(void *arg)
             continue;
         }
         if (ret < 0) {
-            if (dst_pc_recover(d) < 0)
+            ret = dst_pc_recover(d);
+            if (ret < 0)
                 return NULL;
+            if (ret > 0)
+                break;          /* every page was here: DONE is what is left */
             continue;
         }
         if (r.type == REC_PAGES)

@@ -271,6 +271,19 @@ def check(plan, survivor, outcome, work, base):
         raise AssertionError(f"files left behind: {sorted(left)[:5]}")
 
 
+def keep_evidence(work, i, text):
+    """A problem's whole message (with a silent guest's vCPU states) and its VM
+    directories (consoles, VMM logs) go to build/soak-problems/N/."""
+    dest = os.path.join(HERE, "..", "..", "build", "soak-problems", f"{i}")
+    os.makedirs(dest, exist_ok=True)
+    with open(os.path.join(dest, "problem.txt"), "w") as f:
+        f.write(text)
+    for d in os.listdir(work):
+        if d.startswith("vm"):
+            shutil.copytree(os.path.join(work, d), os.path.join(dest, d),
+                            ignore=shutil.ignore_patterns("*.sock"), dirs_exist_ok=True)
+
+
 def tidy(work, survivor):
     for d in os.listdir(work):
         path = os.path.join(work, d)
@@ -294,8 +307,10 @@ def soak_run(n, seed, fault_rate, progress=None):
                     plan, vm, outcome = migrate_once(soak, vm, plan)
                     check(plan, vm, outcome, work, base)
                 except Exception as e:            # counted, reported, and the soak goes on
-                    problems.append(f"#{i} {plan.mode} {plan.fault}/{plan.phase}: {e}"[:400])
+                    text = f"#{i} {plan.mode} {plan.fault}/{plan.phase}: {e}"
+                    problems.append(text.splitlines()[0][:300])
                     outcome, vm = "PROBLEM", None
+                    keep_evidence(work, i, text)
                 counts[(plan.fault, plan.phase, outcome)] += 1
                 print(f"#{i} {plan.mode} {plan.fault}/{plan.phase}: {outcome}", flush=True)
                 if vm is None:
@@ -335,8 +350,8 @@ only copy — the source before the switchover, either side in post-copy),
 **PROBLEM** (anything else: both running, a lost VM where one should live, a
 guest that does not verify memory and disk or answer pings, a stray process,
 a VMM holding more sockets than a fresh one (+2: after post-copy a destination
-keeps its listener and main channel for a source that missed DONE), a
-file left in /tmp or /dev/shm).
+keeps its listener and main channel for a source that missed DONE), a file
+left beside the VMs' own or in /dev/shm).
 
 | fault | phase | moved | kept | lost | PROBLEM |
 |---|---|---|---|---|---|
