@@ -10,6 +10,7 @@
 #include <xxhash.h>
 
 #include "state/xpages.h"
+#include "util/sockio.h"
 #include "util/util.h"
 #include "version.h"
 
@@ -107,6 +108,7 @@ int stream_io_init(struct stream_io *io, int fd, size_t bufsize)
 {
     memset(io, 0, sizeof(*io));
     io->fd = fd;
+    io->sock = fd_is_socket(fd);
     io->buf = malloc(bufsize);
     io->cap = bufsize;
     return io->buf ? 0 : -ENOMEM;
@@ -118,13 +120,18 @@ void stream_io_free(struct stream_io *io)
     io->buf = NULL;
 }
 
+static int stream_write_fd(struct stream_io *io, const void *p, size_t n)
+{
+    return io->sock ? sock_write_all(io->fd, p, n) : fd_write_all(io->fd, p, n);
+}
+
 int stream_flush(struct stream_io *io)
 {
     int ret;
 
     if (io->err || !io->len)
         return io->err;
-    ret = fd_write_all(io->fd, io->buf, io->len);
+    ret = stream_write_fd(io, io->buf, io->len);
     io->len = 0;
     return ret < 0 ? (io->err = ret) : 0;
 }
@@ -139,7 +146,7 @@ int stream_write(struct stream_io *io, const void *p, size_t n)
     if (n >= io->cap) {   /* large payloads bypass the buffer */
         if (stream_flush(io) < 0)
             return io->err;
-        int ret = fd_write_all(io->fd, p, n);
+        int ret = stream_write_fd(io, p, n);
         return ret < 0 ? (io->err = ret) : 0;
     }
     if (io->cap - io->len < n && stream_flush(io) < 0)

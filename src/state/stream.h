@@ -83,6 +83,7 @@ struct stream_io {
     size_t cap, len, pos;
     uint64_t bytes;           /* total moved through this stream */
     uint64_t *progress;       /* optional: updated with bytes as they move */
+    bool sock;                /* writes notice a peer that stopped reading */
     int err;
 };
 

@@ -2,7 +2,12 @@
 connection it carries (the main channel), at the start of a chosen record, it
 flips a bit, truncates, rewrites the length field to 2^31 or stalls. Later
 connections (urgent channel, recovery) pass untouched. With kind None it only
-keeps a copy of what the source sent on the first (tests/fuzz's recorder)."""
+keeps a copy of what the source sent on the first (tests/fuzz's recorder).
+
+When the destination goes, the proxy shuts the source's side down but keeps
+it open, like a middlebox that forgets a flow: the source's writes then find
+a peer that no longer reads, and it must notice by its own timeout (the
+kernel can keep taking short writes meanwhile; see util/sockio.c)."""
 import socket
 import struct
 import threading

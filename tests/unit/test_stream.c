@@ -1,6 +1,7 @@
 /* The state stream codec: walker, header, records, section registry (with
  * an older section version), and page records. */
 #include <errno.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -8,12 +9,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <cmocka.h>
 
 #include "codec/zero.h"
 #include "devices/rtc.h"
 #include "state/pages.h"
 #include "state/state.h"
+#include "util/sockio.h"
 #include "util/util.h"
 
 struct demo {
@@ -261,6 +267,93 @@ static void test_pages_load_checks(void **state)
     assert_int_equal(pages_load(&mem, rec, sizeof(rec), &why), -EBADMSG);
 }
 
+/* A loopback TCP pair: *w the writer (1 s send timeout), *r a reader that
+ * shuts its read side and never reads, as the fault proxy does when the
+ * destination it forwarded to has gone. */
+static void tcp_pair(int *w, int *r, bool stop_reading)
+{
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    struct timeval tv = { .tv_sec = 1 };
+    socklen_t len = sizeof(a);
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+
+    assert_int_equal(bind(l, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(listen(l, 1), 0);
+    assert_int_equal(getsockname(l, (struct sockaddr *)&a, &len), 0);
+    *w = socket(AF_INET, SOCK_STREAM, 0);
+    assert_int_equal(connect(*w, (struct sockaddr *)&a, sizeof(a)), 0);
+    *r = accept(l, NULL, NULL);
+    assert_true(*r >= 0);
+    close(l);
+    if (stop_reading)
+        shutdown(*r, SHUT_RD);
+    setsockopt(*w, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+}
+
+/* A peer that stops reading fails the write instead of hanging it: the
+ * kernel may keep taking short writes into a growing send buffer, so the
+ * stall is known by the peer acknowledging nothing for a whole timeout. */
+static void test_sock_write_stalled_peer(void **state)
+{
+    size_t len = 256u << 20;
+    uint8_t *buf = calloc(1, len);
+    struct stream_io io;
+    int w, r, ret;
+
+    (void)state;
+    assert_non_null(buf);
+    tcp_pair(&w, &r, true);
+    assert_true(fd_is_socket(w));
+    ret = sock_write_all(w, buf, len);
+    assert_true(ret == -ETIMEDOUT || ret == -EAGAIN);
+    assert_int_equal(stream_io_init(&io, w, 1u << 16), 0);
+    assert_true(io.sock);
+    ret = stream_write(&io, buf, len);
+    assert_true(ret == -ETIMEDOUT || ret == -EAGAIN);
+    stream_io_free(&io);
+    close(w);
+    close(r);
+    free(buf);
+}
+
+static void *slow_reader(void *arg)
+{
+    static uint8_t sink[65536];
+    int fd = *(int *)arg;
+    size_t got = 0;
+    ssize_t n;
+
+    while ((n = read(fd, sink, sizeof(sink))) > 0) {
+        got += (size_t)n;
+        usleep(10000);
+    }
+    return (void *)got;
+}
+
+/* A slow reader (~6 MiB/s against a 1 s send timeout) makes the writes
+ * block whole timeouts and come back short: that is progress, not a stall. */
+static void test_sock_write_slow_reader(void **state)
+{
+    size_t len = 16u << 20;
+    uint8_t *buf = calloc(1, len);
+    pthread_t t;
+    void *got;
+    int w, r;
+
+    (void)state;
+    assert_non_null(buf);
+    tcp_pair(&w, &r, false);
+    assert_int_equal(pthread_create(&t, NULL, slow_reader, &r), 0);
+    assert_int_equal(sock_write_all(w, buf, len), 0);
+    shutdown(w, SHUT_WR);
+    pthread_join(t, &got);
+    assert_int_equal((size_t)got, len);
+    assert_false(fd_is_socket(-1));
+    close(w);
+    close(r);
+    free(buf);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -273,6 +366,8 @@ int main(void)
         cmocka_unit_test(test_rtc_old_version),
         cmocka_unit_test(test_page_zero),
         cmocka_unit_test(test_pages_load_checks),
+        cmocka_unit_test(test_sock_write_stalled_peer),
+        cmocka_unit_test(test_sock_write_slow_reader),
     };
     return cmocka_run_group_tests_name("stream", tests, NULL, NULL);
 }
