@@ -5,7 +5,7 @@ ASAN_BUILD ?= build/asan
 GUEST_OUT  := $(BUILD)/guest
 MESON_OPTS ?=
 
-.PHONY: all ferry asan guest linux-guest test unit integration demo bench fuzz soak deps clean
+.PHONY: all ferry asan guest linux-guest test unit integration demo bench fuzz soak deps clean certs
 
 all: ferry guest
 
@@ -51,6 +51,10 @@ soak:
 	@scripts/deps.sh build test
 	@$(MAKE) --no-print-directory asan guest
 	@SOAK_N=$(SOAK_N) /usr/bin/python3 tests/soak/soak.py --report docs/RELIABILITY.md
+
+# A test CA and TLS certificates for two hosts, src and dst (scripts/certs.sh).
+certs:
+	@scripts/certs.sh $(BUILD)/certs src dst
 
 demo: ferry guest
 	@scripts/demo.sh

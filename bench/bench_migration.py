@@ -21,6 +21,13 @@ Guest: build/guest/testguest with `tick.us=1000` plus the scenario's dirtier; 1 
                      sent); QEMU has no automatic switch, so the script applies that rule
                      to query-migrate's counters and then calls `migrate-start-postcopy`
   idle-1g-10ms       `dirtier.mib=64 dirtier.rate=0`          limit  10 ms
+  idle-1g-tls, dirty-20k-tls, dirty-max-tls
+                     idle-1g, dirty-20k and dirty-max over mutual TLS 1.3 on both
+                     (certificates from scripts/certs.sh; ferry `--tls-dir` on both
+                     sides; QEMU `tls-creds-x509` objects, endpoint=server on the
+                     destination, client on the source, `tls-creds` set on both,
+                     `tls-hostname` localhost on the source, destination `-incoming
+                     defer` then migrate-incoming)
   dirty-20k-10ms     `dirtier.mib=128 dirtier.rate=20000`     limit  10 ms
 (`dirtier.rate=-1` is "as fast as the vCPUs can write": every vCPU dirties its share.)
 Bandwidth: no cap by default (ferry: no --bandwidth; QEMU: max-bandwidth 100 GiB/s, since
@@ -147,6 +154,11 @@ SCENARIOS = {
                            "bandwidth": 100, "connections": 2, "compress": "zstd",
                            "ferry_compress": "auto", "ferry_args": ["--delta-cache", "256"]},
     "dirty-20k-10ms":     {"mib": 128, "rate": 20000, "downtime_ms": 10},
+    # Mutual TLS on every connection (issue 15): the cost of encryption.
+    "idle-1g-tls":        {"mib": 64,  "rate": 0,     "downtime_ms": 300, "tls": True},
+    "dirty-20k-tls":      {"mib": 128, "rate": 20000, "downtime_ms": 300, "tls": True},
+    "dirty-max-tls":      {"mib": 512, "rate": -1,    "downtime_ms": 300, "mem": 2048,
+                           "tls": True},
 }
 SYSTEMS = ("ferry", "qemu")
 QEMU_NO_CAP = 100 << 30             # bytes/s: "no cap" (QEMU's default is 128 MiB/s)
@@ -155,6 +167,26 @@ VERIFY_TIMEOUT_S = 10
 GAP_BEFORE_S = 0.2
 GAP_AFTER_S = 1.0
 PROBLEMS = r"PANIC|ERROR|VERIFY FAIL|TIME BACKWARDS"
+
+
+_certs = {}
+
+
+def tls_dir(sc, tmp):
+    """The certificates of a TLS scenario (made once per benchmark run), or None."""
+    if not sc.get("tls"):
+        return None
+    if tmp not in _certs:
+        B.run([os.path.join(B.ROOT, "scripts", "certs.sh"), os.path.join(tmp, "certs"),
+               "bench"], timeout=60)
+        _certs[tmp] = os.path.join(tmp, "certs", "bench")
+        if not os.path.exists(os.path.join(_certs[tmp], "server-cert.pem")):
+            raise RuntimeError("scripts/certs.sh made no certificates")
+    return _certs[tmp]
+
+
+def qemu_tls_args(d, endpoint):
+    return ["-object", f"tls-creds-x509,id=tls0,dir={d},endpoint={endpoint},verify-peer=on"]
 
 
 def cmdline(sc):
@@ -308,6 +340,7 @@ class Run:
                   ("src.console", "dst.console", "src.sock", "dst.sock", "src.log",
                    "dst.log", "migrate.log")}
         self.port = free_port()
+        self.tls = tls_dir(self.sc, tmp)
         self.s = {"system": system, "scenario": name, "port": self.port,
                   "loadavg": B.loadavg(), "converged": False, "verify_ok": False}
 
@@ -407,10 +440,11 @@ class Run:
     # -- ferry --------------------------------------------------------------------------------
     def ferry(self, fifo):
         f, a = self.f, self.args
+        tls = ["--tls-dir", self.tls] if self.tls else []
         dst = B.Proc([B.FERRY, "run", "--incoming", f"tcp:127.0.0.1:{self.port}",
                       "--memory", str(mem_mib(self.sc)), "--cpus", str(ncpus(self.sc)),
                       "--api-socket", f["dst.sock"], "--console", "file:" + f["dst.console"],
-                      "--debugcon", fifo], f["dst.log"])
+                      "--debugcon", fifo] + tls, f["dst.log"])
         wait_log(dst, r"waiting for a migration", 10)
         src = B.Proc(B.ferry_run_cmd(mem_mib(self.sc), ncpus(self.sc), cmdline(self.sc),
                                      f["src.console"], f["src.sock"]) + ["--debugcon", fifo],
@@ -422,6 +456,8 @@ class Run:
         if bandwidth(self.sc, a):
             cmd += ["--bandwidth", str(bandwidth(self.sc, a))]
         cmd += ferry_transfer_args(self.sc)
+        if self.tls:
+            cmd += tls + ["--tls-hostname", "localhost"]
         if auto_converge(self.sc, a):
             cmd += ["--auto-converge"]
         if postcopy(self.sc):
@@ -557,18 +593,25 @@ class Run:
         self.f["dst.trace"] = os.path.join(self.dir, "dst.trace")
         mfd = qemu_multifd(self.sc)
         uri = f"tcp:127.0.0.1:{self.port}"
+        defer = mfd or self.tls
         dst = B.Proc(qemu_vm_cmd(self.sc, f["dst.console"], f["dst.sock"], fifo, a.qemu_variant,
-                                 incoming="defer" if mfd else uri)
-                     + (qemu_fault_trace_args(f["dst.trace"]) if postcopy(self.sc) else []),
+                                 incoming="defer" if defer else uri)
+                     + (qemu_fault_trace_args(f["dst.trace"]) if postcopy(self.sc) else [])
+                     + (qemu_tls_args(self.tls, "server") if self.tls else []),
                      f["dst.log"])
         dq = Qmp.connect_retry(f["dst.sock"], timeout=30)
         try:
             if mfd:     # multifd must be on at both ends before the destination listens
                 dq.cmd("migrate-set-capabilities", capabilities=mfd[0])
                 dq.cmd("migrate-set-parameters", **mfd[1])
+            if self.tls:
+                dq.cmd("migrate-set-parameters", **{"tls-creds": "tls0"})
+            if defer:
                 dq.cmd("migrate-incoming", uri=uri)
             src = B.Proc(qemu_vm_cmd(self.sc, f["src.console"], f["src.sock"], fifo,
-                                     a.qemu_variant), f["src.log"])
+                                     a.qemu_variant)
+                         + (qemu_tls_args(self.tls, "client") if self.tls else []),
+                         f["src.log"])
             sq = Qmp.connect_retry(f["src.sock"], timeout=30)
             try:
                 self.qemu_migrate(src, dst, sq, dq)
@@ -597,6 +640,8 @@ class Run:
         sq.cmd("migrate-set-capabilities", capabilities=caps)
         if mfd:
             sq.cmd("migrate-set-parameters", **mfd[1])
+        if self.tls:
+            sq.cmd("migrate-set-parameters", **{"tls-creds": "tls0", "tls-hostname": "localhost"})
         sq.cmd("migrate-set-parameters", **{
             "downtime-limit": self.sc["downtime_ms"],
             "max-bandwidth": bandwidth(self.sc, a) << 20 if bandwidth(self.sc, a)

@@ -3,7 +3,7 @@
 # Usage: scripts/deps.sh [build|test|bench|linux]   (default: build)
 set -euo pipefail
 
-build_pkgs=(gcc make meson ninja-build pkg-config libjansson-dev libmicrohttpd-dev
+build_pkgs=(gcc make meson ninja-build pkg-config libjansson-dev libmicrohttpd-dev libgnutls28-dev
             libcurl4-openssl-dev libxxhash-dev libzstd-dev liblz4-dev liburing-dev
             libcmocka-dev python3)
 test_pkgs=(python3-pytest python3-xxhash clang libclang-rt-14-dev llvm iproute2 procps)

@@ -146,17 +146,21 @@ static int api_open(struct api_server **api, struct vm *vm, const struct run_arg
 
 static int run_incoming(struct vm *vm, struct run_args *a, struct api_server **api)
 {
-    char host[256], port[16], err[256];
+    int ret;
+    struct mig_endpoint ep;
+    char err[256];
 
-    if (mig_parse_uri(a->incoming, host, sizeof(host), port, sizeof(port), err,
-                      sizeof(err)) < 0)
+    if (mig_parse_uri(a->incoming, &ep, err, sizeof(err)) < 0)
         return log_err("--incoming: %s", err), RUN_BAD_INPUT;
+    if (tp_tls_check(&a->tls, err, sizeof(err)) < 0)
+        return log_err("%s", err), RUN_BAD_INPUT;
     if (vm_check_disks(&a->vm) < 0)
         return RUN_BAD_INPUT;
     vm->state = VM_INCOMING;
     if (api_open(api, vm, a) < 0)
         return RUN_BAD_INPUT;
-    return mig_incoming(vm->mig, vm, &a->vm, host, port) < 0 ? RUN_FAILED : 0;
+    ret = mig_incoming(vm->mig, vm, &a->vm, &ep, &a->tls);
+    return ret == -EINVAL || ret == -ENOENT ? RUN_BAD_INPUT : ret < 0 ? RUN_FAILED : 0;
 }
 
 /* Creates the VM: booted from a kernel, loaded from a snapshot, or (with

@@ -41,24 +41,37 @@ static int mig_xfer_params(struct mig_params *p, json_int_t conns, const char *c
     return 0;
 }
 
+static int mig_tls_from_json(struct mig_tls *t, const char *dir, const char *hostname,
+                             char *err, size_t len)
+{
+    if (strlen(dir) >= sizeof(t->dir) || strlen(hostname) >= sizeof(t->hostname))
+        return snprintf(err, len, "tls_dir and tls_hostname must be shorter than %zu "
+                        "characters", sizeof(t->hostname)), -EINVAL;
+    snprintf(t->dir, sizeof(t->dir), "%s", dir);
+    snprintf(t->hostname, sizeof(t->hostname), "%s", hostname);
+    return tp_tls_check(t, err, len);
+}
+
 static int mig_params_from_json(json_t *body, struct mig_params *p, int *wait, char *err,
                                 size_t len)
 {
     const char *uri = NULL, *on_timeout = "fail", *mode = "precopy", *compress = "none";
-    const char *dirty_track = "auto";
+    const char *dirty_track = "auto", *tls_dir = "", *tls_hostname = "";
     json_int_t downtime = 300, bw = 0, max_time = 0, pc_after = 0, conns = -1, delta = 0;
     int auto_converge = 0;
     json_error_t jerr;
 
+    memset(p, 0, sizeof(*p));
     if (!body || json_unpack_ex(body, &jerr, JSON_STRICT,
                                 "{s:s, s?I, s?I, s?I, s?s, s?b, s?b, s?s, s?I, s?I, s?s, s?I, "
-                                "s?s}",
+                                "s?s, s?s, s?s}",
                                 "uri", &uri, "downtime_ms", &downtime, "bandwidth_mibs", &bw,
                                 "max_time_s", &max_time, "on_timeout", &on_timeout,
                                 "auto_converge", &auto_converge, "wait", wait, "mode", &mode,
                                 "postcopy_after_rounds", &pc_after, "connections", &conns,
                                 "compress", &compress, "delta_cache_mib", &delta,
-                                "dirty_track", &dirty_track) < 0) {
+                                "dirty_track", &dirty_track, "tls_dir", &tls_dir,
+                                "tls_hostname", &tls_hostname) < 0) {
         snprintf(err, len, "bad migration request: %s", body ? jerr.text : "no body");
         return -EINVAL;
     }
@@ -89,7 +102,14 @@ static int mig_params_from_json(json_t *body, struct mig_params *p, int *wait, c
     p->policy.on_timeout = on_timeout[1] == 'o' ? ON_TIMEOUT_FORCE : ON_TIMEOUT_FAIL;
     p->policy.auto_converge = auto_converge;
     p->bandwidth_bps = (uint64_t)bw << 20;
-    return mig_parse_uri(uri, p->host, sizeof(p->host), p->port, sizeof(p->port), err, len);
+    if (mig_tls_from_json(&p->tls, tls_dir, tls_hostname, err, len) < 0)
+        return -EINVAL;
+    if (mig_parse_uri(uri, &p->ep, err, len) < 0)
+        return -EINVAL;
+    if (p->ep.kind == MIG_EP_FD)
+        return snprintf(err, len, "fd: is for --incoming only (a migration opens several "
+                        "connections)"), -EINVAL;
+    return 0;
 }
 
 /* The ring is a property of the VM (ferry run --dirty-ring): it replaces
@@ -130,7 +150,7 @@ static int route_migration_start(void *ctx, json_t *body, json_t **resp)
     ret = mig_start(vm->mig, vm, &p, err, sizeof(err));
     if (ret < 0) {
         *resp = api_error("%s", err);
-        return ret == -EBUSY ? 409 : 500;
+        return ret == -EBUSY ? 409 : ret == -EINVAL ? 400 : 500;
     }
     if (!wait) {
         *resp = mig_status_json(vm->mig);
@@ -187,16 +207,20 @@ static int route_migration_recover(void *ctx, json_t *body, json_t **resp)
 {
     struct vm *vm = ctx;
     const char *uri = NULL;
-    char host[256] = "", port[16] = "", err[256];
+    struct mig_endpoint ep;
+    char err[256];
     int ret;
 
     if (body && (json_unpack(body, "{s?s}", "uri", &uri) < 0 ||
-                 (uri && mig_parse_uri(uri, host, sizeof(host), port, sizeof(port), err,
-                                       sizeof(err)) < 0))) {
+                 (uri && mig_parse_uri(uri, &ep, err, sizeof(err)) < 0))) {
         *resp = api_error("bad recover request: %s", uri ? err : "body must be {\"uri\": ...}");
         return 400;
     }
-    ret = mig_recover(vm->mig, uri ? host : NULL, uri ? port : NULL);
+    if (uri && ep.kind == MIG_EP_FD) {
+        *resp = api_error("bad recover request: fd: is for --incoming only");
+        return 400;
+    }
+    ret = mig_recover(vm->mig, uri ? &ep : NULL);
     return route_conflict(ret, ret == -EALREADY ? "post-copy is not broken: nothing to recover"
                                                 : "no post-copy migration is paused", resp);
 }

@@ -11,7 +11,7 @@
 
 enum { OPT_KERNEL = 256, OPT_INITRD, OPT_CMDLINE, OPT_MEMORY, OPT_CPUS,
        OPT_API, OPT_CONSOLE, OPT_DEBUGCON, OPT_LOG, OPT_SNAPSHOT, OPT_PAUSED, OPT_INCOMING,
-       OPT_DIRTY_RING, OPT_DISK, OPT_NO_RNG, OPT_NET };
+       OPT_DIRTY_RING, OPT_DISK, OPT_NO_RNG, OPT_NET, OPT_TLS_DIR, OPT_TLS_AUTHZ };
 
 static const struct option run_options[] = {
     { "kernel", required_argument, NULL, OPT_KERNEL },
@@ -30,6 +30,8 @@ static const struct option run_options[] = {
     { "disk", required_argument, NULL, OPT_DISK },
     { "no-rng", no_argument, NULL, OPT_NO_RNG },
     { "net", required_argument, NULL, OPT_NET },
+    { "tls-dir", required_argument, NULL, OPT_TLS_DIR },
+    { "tls-authz", required_argument, NULL, OPT_TLS_AUTHZ },
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
@@ -39,7 +41,9 @@ void args_run_usage(void)
 {
     fprintf(stderr,
         "usage: ferry run --kernel PATH [options]\n"
-        "       ferry run --incoming tcp:HOST:PORT [options]   (wait for a migration)\n"
+        "       ferry run --incoming tcp:HOST:PORT|unix:PATH|fd:N [options]\n"
+        "                                        (wait for a migration; fd: an inherited\n"
+        "                                        listening socket)\n"
         "  --kernel PATH         test guest ELF, Linux bzImage or PVH vmlinux\n"
         "  --initrd PATH         initial ramdisk\n"
         "  --cmdline STR         kernel command line\n"
@@ -54,6 +58,10 @@ void args_run_usage(void)
         "  --no-rng              no virtio-rng device\n"
         "  --net tap=NAME[,mac=MAC]  virtio-net on a tap (up to %d; MAC default\n"
         "                        52:54:00 + hash of NAME; migration keeps the source's)\n"
+        "  --tls-dir DIR         --incoming over mutual TLS: DIR/ca-cert.pem,\n"
+        "                        server-cert.pem, server-key.pem (make certs)\n"
+        "  --tls-authz NAMES     comma-separated names a source's certificate must\n"
+        "                        carry (default: any certificate the CA signed)\n"
         "  --log-level error|warning|info|debug, -v for debug\n",
         ARGS_DEFAULT_MEMORY_MIB, VM_MAX_VCPUS, NET_MAX_DEVICES);
 }
@@ -182,6 +190,16 @@ static int args_net(const char *s, struct vm_config *c, char *err, size_t len)
     return 0;
 }
 
+/* An option copied into a fixed buffer: too long is an error, not a cut. */
+static int args_copy(char *dst, size_t size, const char *val, const char *opt, char *err,
+                     size_t len)
+{
+    if (!val[0] || strlen(val) >= size)
+        return snprintf(err, len, "%s takes 1..%zu characters", opt, size - 1), -EINVAL;
+    memcpy(dst, val, strlen(val) + 1);
+    return 0;
+}
+
 static int args_one(int opt, struct run_args *a, char *err, size_t len)
 {
     struct vm_config *c = &a->vm;
@@ -199,6 +217,10 @@ static int args_one(int opt, struct run_args *a, char *err, size_t len)
     case OPT_SNAPSHOT: a->snapshot = optarg; return 0;
     case OPT_PAUSED: a->paused = true; return 0;
     case OPT_INCOMING: a->incoming = optarg; return 0;
+    case OPT_TLS_DIR: return args_copy(a->tls.dir, sizeof(a->tls.dir), optarg, "--tls-dir",
+                                       err, len);
+    case OPT_TLS_AUTHZ: return args_copy(a->tls.authz, sizeof(a->tls.authz), optarg,
+                                         "--tls-authz", err, len);
     case OPT_DIRTY_RING: c->dirty_ring = DIRTY_RING_ENTRIES; return 0;
     case OPT_API: c->api_socket = optarg; return 0;
     case OPT_CONSOLE: c->console = optarg; return args_console(optarg, err, len);
@@ -228,11 +250,14 @@ static int args_check_verb(struct run_args *a, bool restore, char *err, size_t l
     } else if (a->incoming) {
         bad = a->vm.kernel || a->vm.initrd || a->vm.cmdline ?
               "--kernel, --initrd and --cmdline come from the migration source" :
-              strncmp(a->incoming, "tcp:", 4) != 0 ? "--incoming takes tcp:HOST:PORT" :
+              strncmp(a->incoming, "tcp:", 4) != 0 && strncmp(a->incoming, "unix:", 5) != 0 &&
+              strncmp(a->incoming, "fd:", 3) != 0 ?
+              "--incoming takes tcp:HOST:PORT, unix:PATH or fd:N" :
               a->snapshot || a->paused ? "--snapshot and --paused belong to ferry restore" : NULL;
         a->vm.restore = true;
     } else {
         bad = !a->vm.kernel ? "--kernel is required" :
+              a->tls.dir[0] || a->tls.authz[0] ? "--tls-dir and --tls-authz go with --incoming" :
               a->snapshot || a->paused ? "--snapshot and --paused belong to ferry restore" :
               NULL;
     }

@@ -4,6 +4,7 @@
 
 #include <stddef.h>
 
+#include "migration/transport.h"
 #include "vm/vm.h"
 
 #define ARGS_DEFAULT_MEMORY_MIB 512
@@ -13,7 +14,8 @@ struct run_args {
     struct vm_config vm;
     int log_level;            /* enum log_level */
     const char *snapshot;     /* restore: the file to start from */
-    const char *incoming;     /* run --incoming tcp:HOST:PORT */
+    const char *incoming;     /* run --incoming tcp:HOST:PORT|unix:PATH|fd:N */
+    struct mig_tls tls;       /* run --incoming --tls-dir/--tls-authz */
     bool paused;              /* restore: start with vCPUs paused */
 };
 

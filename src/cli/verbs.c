@@ -86,7 +86,7 @@ int verb_snapshot_main(int argc, char **argv)
 static void migrate_usage(void)
 {
     fprintf(stderr,
-        "usage: ferry migrate --api-socket PATH tcp:HOST:PORT [options]\n"
+        "usage: ferry migrate --api-socket PATH tcp:HOST:PORT|unix:PATH [options]\n"
         "  --downtime-ms N        downtime limit (default 300)\n"
         "  --bandwidth MiB/s      cap the transfer rate (default: no cap)\n"
         "  --max-time S           give up after S seconds of pre-copy ...\n"
@@ -101,6 +101,10 @@ static void migrate_usage(void)
         "  --delta-cache MiB      ... with this cache size (0: off)\n"
         "  --dirty-track bitmap|ring|auto   dirty tracking (default auto: ring on a VM\n"
         "                         run with --dirty-ring, else bitmap)\n"
+        "  --tls-dir DIR          mutual TLS on every connection: DIR/ca-cert.pem,\n"
+        "                         client-cert.pem, client-key.pem (make certs)\n"
+        "  --tls-hostname NAME    name the destination's certificate must carry\n"
+        "                         (default: the URI's host)\n"
         "  --wait                 show progress (stderr), end with a summary; Ctrl-C\n"
         "                         cancels the migration (before post-copy)\n"
         "  --json                 with --wait: print the whole report as JSON instead\n");
@@ -113,6 +117,8 @@ struct migrate_opts {
     const char *on_timeout;
     const char *mode;
     const char *compress, *dirty_track;
+    const char *tls_dir, *tls_hostname;
+    char tls_path[4096];
     bool auto_converge, wait, json;
 };
 
@@ -126,6 +132,17 @@ static int migrate_number(const char *s, long long *out, const char *name)
         fprintf(stderr, "ferry migrate: %s: '%s' is not a number\n", name, s);
         return -EINVAL;
     }
+    return 0;
+}
+
+/* The VMM reads the files: it gets an absolute path (its cwd is not ours). */
+static int migrate_tls_dir(const char *dir, struct migrate_opts *o)
+{
+    if (!realpath(dir, o->tls_path)) {
+        fprintf(stderr, "ferry migrate: --tls-dir %s: %s\n", dir, strerror(errno));
+        return -EINVAL;
+    }
+    o->tls_dir = o->tls_path;
     return 0;
 }
 
@@ -147,6 +164,8 @@ static int migrate_parse(int argc, char **argv, struct migrate_opts *o)
         { "delta", no_argument, NULL, 'D' },
         { "delta-cache", required_argument, NULL, 'C' },
         { "dirty-track", required_argument, NULL, 'T' },
+        { "tls-dir", required_argument, NULL, 'L' },
+        { "tls-hostname", required_argument, NULL, 'H' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -174,6 +193,8 @@ static int migrate_parse(int argc, char **argv, struct migrate_opts *o)
         case 'D': o->delta_mib = 64; break;
         case 'C': ret = migrate_number(optarg, &o->delta_mib, "--delta-cache"); break;
         case 'T': o->dirty_track = optarg; break;
+        case 'L': ret = migrate_tls_dir(optarg, o); break;
+        case 'H': o->tls_hostname = optarg; break;
         case 'h': return 1;
         default: fprintf(stderr, "ferry migrate: unknown option %s\n", argv[optind - 1]); return -EINVAL;
         }
@@ -206,6 +227,10 @@ int verb_migrate_main(int argc, char **argv)
     json_object_set_new(body, "dirty_track", json_string(o.dirty_track));
     if (o.connections >= 0)
         json_object_set_new(body, "connections", json_integer(o.connections));
+    if (o.tls_dir)
+        json_object_set_new(body, "tls_dir", json_string(o.tls_dir));
+    if (o.tls_hostname)
+        json_object_set_new(body, "tls_hostname", json_string(o.tls_hostname));
     text = json_dumps(body, JSON_COMPACT);
     json_decref(body);
     ret = o.wait ? migrate_watch(o.sock, text, o.json)

@@ -1,4 +1,4 @@
-/* TCP connections for migration. */
+/* Control records on a migration connection. */
 #ifndef FERRY_MIGRATION_CHANNEL_H
 #define FERRY_MIGRATION_CHANNEL_H
 
@@ -7,9 +7,6 @@
 
 struct stream_io;
 
-int chan_connect(const char *host, const char *port, int timeout_ms);
-int chan_listen(const char *host, const char *port);
-void chan_set_timeouts(int fd, unsigned seconds);
 int chan_read_ctrl(struct stream_io *io, uint32_t want, uint8_t *buf, uint32_t *len,
                    char *err, size_t errlen);
 

@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "migration/transport.h"
 #include "migration/channel.h"
 #include "migration/disks.h"
 #include "migration/dest_internal.h"
@@ -151,6 +152,23 @@ static int dst_check_disks(struct mig_dst *d)
     return ret;
 }
 
+static int dst_send_session(struct mig_dst *d)
+{
+    uint8_t buf[sizeof(struct mig_session)];
+    int ret = mig_session_new(&d->session);
+
+    if (ret < 0) {
+        snprintf(d->err, sizeof(d->err), "no random session token: %s", strerror(-ret));
+        return ret;
+    }
+    if (d->creds && tp_peer_id(d->sock, d->peer_id) < 0) {
+        snprintf(d->err, sizeof(d->err), "the source's certificate cannot be read");
+        return -EACCES;
+    }
+    mig_session_encode(&d->session, buf);
+    return mig_send_ctrl(&d->out, REC_SESSION, buf, sizeof(buf));
+}
+
 static int dst_handshake(struct mig_dst *d)
 {
     struct stream_header h;
@@ -176,7 +194,20 @@ static int dst_handshake(struct mig_dst *d)
         return ret;
     d->vm->clock_follow_realtime = true;
     ret = mig_send_status(&d->out, REC_ACK, 0, "ok");
+    if (ret == 0)
+        ret = dst_send_session(d);
     return ret < 0 ? ret : dst_accept_data(d);
+}
+
+/* The session's token, and with TLS the certificate the main channel's
+ * peer showed: a stranger who knows the VM's sizes cannot join. */
+static bool dst_same_session(const struct mig_dst *d, int sock, const struct stream_header *h)
+{
+    uint8_t id[32];
+
+    if (!mig_token_equal(h->reserved, d->session.token))
+        return false;
+    return !d->creds || (tp_peer_id(sock, id) == 0 && memcmp(id, d->peer_id, sizeof(id)) == 0);
 }
 
 /* A second connection of the same migration (urgent channel, recovery):
@@ -188,25 +219,29 @@ static int dst_accept_channel(struct mig_dst *d, uint32_t flags, int *sock,
     const char *why = "";
     int ret;
 
-    *sock = accept4(d->lfd, NULL, NULL, SOCK_CLOEXEC);
-    if (*sock < 0)
-        return -errno;
-    chan_set_timeouts(*sock, DST_TIMEOUT_S);
+    char err[256];
+
+    *sock = tp_accept(d->creds, d->lfd, DST_TIMEOUT_S, err, sizeof(err));
+    if (*sock < 0) {
+        log_warn("refused a connection: %s", err);
+        return *sock;
+    }
     stream_io_free(in);
     stream_io_free(out);
-    if (stream_io_init(in, *sock, DST_IOBUF) < 0 || stream_io_init(out, *sock, 1u << 16) < 0)
+    if (tp_stream_init(in, *sock, DST_IOBUF) < 0 || tp_stream_init(out, *sock, 1u << 16) < 0)
         return -ENOMEM;
     ret = stream_read(in, &h, sizeof(h));
     if (ret == 0 && (ret = stream_header_check(&h, &why)) < 0)
         mig_send_status(out, REC_ACK, ret, why);
     else if (ret == 0 && (h.proto_version != MIG_PROTO_VERSION || h.proto_flags != flags ||
                           h.mem_size != d->vm->mem.size || h.ncpus != d->vm->ncpus ||
-                          h.cpuid_fingerprint != vm_cpuid_fingerprint(d->vm)))
+                          h.cpuid_fingerprint != vm_cpuid_fingerprint(d->vm) ||
+                          !dst_same_session(d, *sock, &h)))
         ret = -EPROTO, mig_send_status(out, REC_ACK, ret, "not a channel of this migration");
     else if (ret == 0)
         ret = mig_send_status(out, REC_ACK, 0, "ok");
     if (ret < 0) {
-        close(*sock);
+        tp_close(*sock);
         *sock = -1;
     }
     return ret;
@@ -230,7 +265,7 @@ static int dst_accept_data(struct mig_dst *d)
         ret = xfer_dst_start(&d->xd, &d->vm->mem, socks, n);
     else
         while (n)
-            close(socks[--n]);
+            tp_close(socks[--n]);
     if (ret < 0)
         snprintf(d->err, sizeof(d->err), "data connections: %s", strerror(-ret));
     pthread_mutex_lock(&d->m->lock);
@@ -472,7 +507,7 @@ static void dst_stop_urgent(struct mig_dst *d)
         pthread_join(d->uthread, NULL);
     d->uthread_started = false;
     if (d->usock >= 0)
-        close(d->usock);
+        tp_close(d->usock);
     d->usock = -1;
 }
 
@@ -520,7 +555,7 @@ static int dst_pc_recover(struct mig_dst *d)
 
     dst_stop_urgent(d);
     if (d->sock >= 0)
-        close(d->sock);
+        tp_close(d->sock);
     d->sock = -1;
     dst_set_state(d, MIG_POSTCOPY_PAUSED);
     d->recover_warned = false;
@@ -670,7 +705,7 @@ static void dst_pc_linger(struct mig_dst *d)
         log_info("post-copy: the source reconnected after the end; telling it again");
         stream_put_record(&out, REC_BITMAP, 0, 0, 1, REC_FLAG_MANDATORY, bm, len);
         dst_pc_send_done(d, &out);
-        close(sock);
+        tp_close(sock);
     }
     stream_io_free(&in);
     stream_io_free(&out);
@@ -809,39 +844,70 @@ void mig_incoming_stop(struct migration *m)
     dst_stop_urgent(d);
     if (d->pc.uffd >= 0 && d->pc.mem)
         pc_dst_stop(&d->pc);
+    if (d->ep.kind == MIG_EP_UNIX)
+        unlink(d->ep.path);
 }
 
+/* A connection that fails its TLS handshake (a plain-text or unknown peer)
+ * is refused and the wait goes on: a stranger can neither feed nor end it. */
 static int dst_accept(struct mig_dst *d)
 {
-    d->sock = accept4(d->lfd, NULL, NULL, SOCK_CLOEXEC);
-    if (d->sock < 0) {
-        snprintf(d->err, sizeof(d->err), "accept: %s", strerror(errno));
-        return -errno;
+    char err[256];
+
+    while ((d->sock = tp_accept(d->creds, d->lfd, DST_TIMEOUT_S, err, sizeof(err))) < 0) {
+        if (d->sock != -EPROTO && d->sock != -EACCES && d->sock != -ETIMEDOUT) {
+            snprintf(d->err, sizeof(d->err), "%s", err);
+            return d->sock;
+        }
+        log_warn("refused a migration connection: %s", err);
+        if (__atomic_load_n(&d->cancelled, __ATOMIC_ACQUIRE))
+            return -ECANCELED;
     }
-    chan_set_timeouts(d->sock, DST_TIMEOUT_S);
-    if (stream_io_init(&d->in, d->sock, DST_IOBUF) < 0 || stream_io_init(&d->out, d->sock, 4096) < 0)
+    if (tp_stream_init(&d->in, d->sock, DST_IOBUF) < 0 || tp_stream_init(&d->out, d->sock, 4096) < 0)
         return -ENOMEM;
     d->m->start_ns = time_now_ns();
     dst_set_state(d, MIG_RECEIVING);
     return 0;
 }
 
+/* Credentials, then the listener; the reason is logged here. */
+static int dst_listen(struct mig_dst *d, const struct mig_tls *tls)
+{
+    char err[256], uri[400];
+    int ret = tp_creds_load(tls, true, &d->creds, err, sizeof(err));
+
+    if (ret == 0 && (d->lfd = tp_listen(&d->ep, err, sizeof(err))) < 0)
+        ret = d->lfd;
+    if (ret < 0) {
+        log_err("incoming: %s", err);
+        tp_creds_free(d->creds);
+        d->creds = NULL;
+        return ret;
+    }
+    mig_endpoint_str(&d->ep, uri, sizeof(uri));
+    if (d->creds)
+        log_info("waiting for a migration on %s (mutual TLS)", uri);
+    else
+        log_warn("waiting for a migration on %s: unauthenticated and unencrypted, anyone "
+                 "who reaches it can send a VM here (use --tls-dir)", uri);
+    return 0;
+}
+
 int mig_incoming(struct migration *m, struct vm *vm, struct vm_config *cfg,
-                 const char *host, const char *port)
+                 const struct mig_endpoint *ep, const struct mig_tls *tls)
 {
     static struct mig_dst dst;
     struct mig_dst *d = &dst;
     int ret;
 
-    *d = (struct mig_dst){ .m = m, .vm = vm, .cfg = cfg, .sock = -1, .usock = -1 };
+    *d = (struct mig_dst){ .m = m, .vm = vm, .cfg = cfg, .sock = -1, .usock = -1, .ep = *ep };
     m->vm = vm;   /* the report shows the devices' switchover counters */
     d->pc.uffd = -1;
-    d->lfd = chan_listen(host, port);
-    if (d->lfd < 0)
-        return d->lfd;
+    ret = dst_listen(d, tls);
+    if (ret < 0)
+        return ret;
     dst_current = d;
     m->state = MIG_WAITING;
-    log_info("waiting for a migration on %s:%s", host, port);
     ret = dst_accept(d);
     if (ret == 0)
         ret = dst_handshake(d);
@@ -869,9 +935,10 @@ int mig_incoming(struct migration *m, struct vm *vm, struct vm_config *cfg,
                              : "incoming migration complete: the VM runs here");
     if (!d->postcopy || ret < 0) {
         mig_incoming_stop(m);
-        if (d->sock >= 0)
-            close(d->sock);
-        close(d->lfd);
+        tp_close(d->sock);
+        tp_unlisten(&d->ep, d->lfd);
+        tp_creds_free(d->creds);
+        d->creds = NULL;
         d->sock = d->lfd = -1;
         dst_current = NULL;
     }

@@ -7,6 +7,7 @@
 #include <stdbool.h>
 
 #include "migration/migration.h"
+#include "migration/session.h"
 #include "migration/postcopy.h"
 #include "migration/xfer.h"
 #include "state/stream.h"
@@ -16,6 +17,10 @@ struct mig_dst {
     struct vm *vm;
     struct vm_config *cfg;      /* the destination's options; sized from the HELLO */
     int lfd;                    /* kept open: urgent channel and recovery */
+    struct mig_endpoint ep;
+    struct tp_creds *creds;     /* NULL: plain text */
+    struct mig_session session; /* later connections must show its token */
+    uint8_t peer_id[32];        /* TLS: the source's certificate, as the main channel saw it */
     int sock;
     struct stream_io in, out;
     bool start_paused;

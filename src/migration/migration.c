@@ -89,14 +89,15 @@ int mig_postcopy_now(struct migration *m)
     return ret;
 }
 
-int mig_recover(struct migration *m, const char *host, const char *port)
+int mig_recover(struct migration *m, const struct mig_endpoint *ep)
 {
     int ret = 0;
 
     pthread_mutex_lock(&m->lock);
     if (m->source && m->state == MIG_POSTCOPY_PAUSED) {
-        snprintf(m->recover_host, sizeof(m->recover_host), "%s", host ? host : "");
-        snprintf(m->recover_port, sizeof(m->recover_port), "%s", port ? port : "");
+        m->recover_ep_set = ep != NULL;
+        if (ep)
+            m->recover_ep = *ep;
         m->recover_req = true;
     } else {
         ret = m->state == MIG_POSTCOPY ? -EALREADY : -ENOENT;
@@ -201,9 +202,11 @@ static json_t *params_xfer(json_t *j, const struct mig_params *p)
 static json_t *params_json(const struct mig_params *p)
 {
     static const char *const modes[] = { "precopy", "postcopy", "hybrid" };
+    char uri[400];
 
-    return params_xfer(json_pack("{s:s, s:s, s:s, s:i, s:I, s:I, s:I, s:s, s:b}", "host", p->host,
-                     "port", p->port, "mode", modes[p->mode],
+    return params_xfer(json_pack("{s:s, s:b, s:s, s:i, s:I, s:I, s:I, s:s, s:b}",
+                     "uri", mig_endpoint_str(&p->ep, uri, sizeof(uri)),
+                     "tls", p->tls.dir[0] != 0, "mode", modes[p->mode],
                      "postcopy_after_rounds", (int)p->postcopy_after_rounds,
                      "downtime_limit_ms", (json_int_t)(p->policy.downtime_limit_ns / 1000000),
                      "bandwidth_mibs", (json_int_t)(p->bandwidth_bps >> 20),

@@ -10,9 +10,12 @@
 #include <stdint.h>
 
 #include "migration/policy.h"
+#include "migration/transport.h"
 #include "migration/xfer.h"
 
-#define MIG_PROTO_VERSION 2      /* 2: REC_DISKS follows the main channel's HELLO */
+/* 2: REC_DISKS follows the main channel's HELLO; 3: REC_SESSION follows the
+ * ACK, and later connections show its token in their HELLO's reserved bytes */
+#define MIG_PROTO_VERSION 3
 #define MIG_MAX_ROUNDS    1024
 #define MIG_CTRL_MAX      512      /* bytes of a control record payload */
 
@@ -27,6 +30,7 @@ enum mig_rec_type {
     REC_POSTCOPY_DONE = 22,    /* dst -> src: every page has arrived */
     REC_ROUND_ACK = 23, /* dst -> src: everything up to that ROUND is applied {u32 round} */
     REC_DISKS = 24,     /* src -> dst, after the HELLO: the guest's disks (disks.h) */
+    REC_SESSION = 25,   /* dst -> src, after the ACK: the session token (session.h) */
 };
 
 /* proto_flags of a connection's HELLO. */
@@ -65,8 +69,8 @@ enum mig_state {
 };
 
 struct mig_params {
-    char host[256];
-    char port[16];
+    struct mig_endpoint ep;      /* where the destination listens */
+    struct mig_tls tls;
     struct policy_config policy;
     uint64_t bandwidth_bps;      /* 0: no cap */
     enum mig_mode mode;
@@ -114,6 +118,7 @@ struct migration {
     bool source;
     enum mig_state state;
     struct mig_params params;
+    struct tp_creds *creds;      /* source: params.tls loaded; NULL = plain text */
     pthread_t thread;
     bool thread_started;
     bool cancel;
@@ -139,7 +144,8 @@ struct migration {
     bool postcopy_req;           /* migrate-postcopy: switch at the next chance */
     bool abort_req;              /* migrate-abort in post-copy: give the VM up */
     bool recover_req;            /* migrate-recover: reconnect now (maybe elsewhere) */
-    char recover_host[256], recover_port[16];
+    bool recover_ep_set;         /* recover_ep replaces params.ep */
+    struct mig_endpoint recover_ep;
     uint64_t pc_start_ns;
     uint64_t pc_total_pages;
     uint64_t pc_remaining;
@@ -161,9 +167,6 @@ struct migration {
 
 void mig_init(struct migration *m);
 
-/* "tcp:HOST:PORT" (HOST may be [v6]); -EINVAL with a message otherwise. */
-int mig_parse_uri(const char *uri, char *host, size_t hlen, char *port, size_t plen,
-                  char *err, size_t errlen);
 
 /* Source side: starts the migration thread. */
 int mig_start(struct migration *m, struct vm *vm, const struct mig_params *p,
@@ -174,7 +177,7 @@ int mig_cancel(struct migration *m);
 /* Post-copy controls (source): switch now; reconnect (NULL uri: same place);
  * give the VM up. */
 int mig_postcopy_now(struct migration *m);
-int mig_recover(struct migration *m, const char *host, const char *port);
+int mig_recover(struct migration *m, const struct mig_endpoint *ep);
 int mig_abort(struct migration *m);
 bool mig_active(struct migration *m);
 /* True on a destination whose post-copy has not finished: some pages are
@@ -186,11 +189,12 @@ const char *mig_state_name(enum mig_state s);
 /* "PAGES", "ROUND", ...; NULL for a type no record has. */
 const char *mig_record_name(uint32_t type);
 
-/* Destination side: waits for one migration on host:port into vm (created
- * here from the source's handshake) and starts it. */
+/* Destination side: waits for one migration on ep into vm (created here
+ * from the source's handshake) and starts it; every connection over mutual
+ * TLS when tls names certificates. */
 struct vm_config;
 int mig_incoming(struct migration *m, struct vm *vm, struct vm_config *cfg,
-                 const char *host, const char *port);
+                 const struct mig_endpoint *ep, const struct mig_tls *tls);
 
 /* Stops a destination's post-copy threads at exit. */
 void mig_incoming_stop(struct migration *m);

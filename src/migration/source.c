@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "migration/transport.h"
 #include "migration/channel.h"
 #include "migration/disks.h"
 #include "migration/dirty.h"
@@ -177,6 +178,20 @@ static void src_publish_sock(struct mig_src *s, int sock)
     pthread_mutex_unlock(&s->m->lock);
 }
 
+static int src_read_session(struct mig_src *s, struct stream_io *in)
+{
+    uint8_t buf[MIG_CTRL_MAX];
+    char why[256];
+    uint32_t len;
+    int ret = chan_read_ctrl(in, REC_SESSION, buf, &len, why, sizeof(why));
+
+    if (ret < 0)
+        return src_fail(s, ret, "handshake: %.200s", why);
+    if (mig_session_decode(buf, len, &s->session) < 0)
+        return src_fail(s, -EPROTO, "handshake: %.200s", "a malformed SESSION record");
+    return 0;
+}
+
 int src_open_channel(struct mig_src *s, uint32_t flags, int *sock, struct stream_io *out,
                      struct stream_io *in)
 {
@@ -191,14 +206,13 @@ int src_open_channel(struct mig_src *s, uint32_t flags, int *sock, struct stream
     int khz = ioctl(s->vm->vm_fd, KVM_GET_TSC_KHZ, 0);
     int ret;
 
-    *sock = chan_connect(p->host, p->port, SRC_CONNECT_MS);
+    *sock = tp_connect(s->m->creds, &p->ep, SRC_CONNECT_MS, SRC_TIMEOUT_S, why, sizeof(why));
     if (*sock < 0)
-        return src_fail(s, *sock, "connecting to the destination: %.200s", strerror(-*sock));
-    chan_set_timeouts(*sock, SRC_TIMEOUT_S);
+        return src_fail(s, *sock, "connecting to the destination: %.200s", why);
     if (flags == 0)
         src_publish_sock(s, *sock);
-    if (stream_io_init(out, *sock, flags & MIG_FLAG_URGENT ? 1u << 16 : SRC_IOBUF) < 0 ||
-        stream_io_init(in, *sock, 4096) < 0)
+    if (tp_stream_init(out, *sock, flags & MIG_FLAG_URGENT ? 1u << 16 : SRC_IOBUF) < 0 ||
+        tp_stream_init(in, *sock, 4096) < 0)
         return src_fail(s, -ENOMEM, "%.200s", "out of memory");
     stream_header_init(&h, s->vm->mem.size, s->vm->ncpus, vm_cpuid_fingerprint(s->vm),
                        khz > 0 ? (uint64_t)khz : 0);
@@ -206,6 +220,8 @@ int src_open_channel(struct mig_src *s, uint32_t flags, int *sock, struct stream
     h.proto_flags = flags;
     if (flags == 0)
         src_hello_caps(s, &h);
+    else
+        memcpy(h.reserved, s->session.token, MIG_TOKEN_LEN);
     if (khz <= 0)
         h.tsc_khz = (uint64_t)MAX(ioctl(s->vm->vcpus[0].fd, KVM_GET_TSC_KHZ, 0), 0);
     h.checksum = stream_header_seal(&h);
@@ -223,7 +239,7 @@ int src_open_channel(struct mig_src *s, uint32_t flags, int *sock, struct stream
     if (status != 0)
         return src_fail(s, -EPROTO, "the destination refused the migration: %.200s",
                         (const char *)buf + 4);
-    return 0;
+    return flags == 0 ? src_read_session(s, in) : 0;
 }
 
 /* Round 1: every page the guest ever touched (holes of the memory file are
@@ -690,11 +706,11 @@ static int src_connect_data(struct mig_src *s)
         if (socks[n] >= 0 && ret == 0)
             n++;
         else if (socks[n] >= 0)
-            close(socks[n]);
+            tp_close(socks[n]);
     }
     if (ret < 0) {
         while (n)
-            close(socks[--n]);
+            tp_close(socks[--n]);
         return ret;
     }
     ret = xfer_start(&s->x, &xp, &s->vm->mem, socks, &s->m->cancel);
@@ -786,8 +802,7 @@ static void src_cleanup(struct mig_src *s, int ret)
     m->xs = s->x.st;
     m->xlive = NULL;
     pthread_mutex_unlock(&m->lock);
-    if (s->sock >= 0)
-        close(s->sock);
+    tp_close(s->sock);
     s->sock = -1;
     stream_io_free(&s->out);
     stream_io_free(&s->in);
@@ -814,6 +829,8 @@ static void *src_thread(void *arg)
 
     pthread_setname_np(pthread_self(), "migration");
     if (!s) {
+        tp_creds_free(m->creds);   /* before the state is final: then a new start may come */
+        m->creds = NULL;
         src_fail_setup(m, "out of memory for the migration's state");
         return NULL;
     }
@@ -833,35 +850,64 @@ static void *src_thread(void *arg)
         log_err("migration failed: %s; the VM keeps running here", s->err);
     }
     pthread_mutex_lock(&m->lock);
+    tp_creds_free(m->creds);
+    m->creds = NULL;
     pthread_cond_broadcast(&m->done);
     pthread_mutex_unlock(&m->lock);
     free(s);
     return NULL;
 }
 
+static bool mig_busy(const struct migration *m)
+{
+    return m->state == MIG_SETUP || m->state == MIG_PRECOPY || m->state == MIG_SWITCHOVER ||
+           m->state == MIG_POSTCOPY || m->state == MIG_POSTCOPY_PAUSED;
+}
+
+/* The last migration's thread ends on its own once its state is final; it
+ * is joined without m->lock, which its last steps take. */
+static int mig_start_prepare(struct migration *m, char *err, size_t errlen)
+{
+    bool busy, joinable;
+
+    pthread_mutex_lock(&m->lock);
+    busy = mig_busy(m);
+    joinable = !busy && m->thread_started;
+    m->thread_started = m->thread_started && !joinable;
+    pthread_mutex_unlock(&m->lock);
+    if (busy)
+        return snprintf(err, errlen, "a migration is already running"), -EBUSY;
+    if (joinable)
+        pthread_join(m->thread, NULL);
+    return 0;
+}
+
 int mig_start(struct migration *m, struct vm *vm, const struct mig_params *p,
               char *err, size_t errlen)
 {
+    static pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;   /* one start at a time */
+    struct tp_creds *creds = NULL;
     int ret;
 
     if (mig_memory_incomplete(m)) {
         snprintf(err, errlen, "this VM is still receiving its memory (post-copy)");
         return -EBUSY;
     }
-    pthread_mutex_lock(&m->lock);
-    if (m->state == MIG_SETUP || m->state == MIG_PRECOPY || m->state == MIG_SWITCHOVER ||
-        m->state == MIG_POSTCOPY || m->state == MIG_POSTCOPY_PAUSED) {
-        pthread_mutex_unlock(&m->lock);
-        snprintf(err, errlen, "a migration is already running");
-        return -EBUSY;
+    pthread_mutex_lock(&start_lock);
+    ret = mig_start_prepare(m, err, errlen);
+    if (ret == 0)
+        ret = tp_creds_load(&p->tls, false, &creds, err, errlen);
+    if (ret < 0) {
+        pthread_mutex_unlock(&start_lock);
+        return ret;
     }
-    if (m->thread_started)
-        pthread_join(m->thread, NULL);
+    pthread_mutex_lock(&m->lock);
     memset((char *)m + offsetof(struct migration, vm), 0,
            sizeof(*m) - offsetof(struct migration, vm));
     m->vm = vm;
     m->source = true;
     m->params = *p;
+    m->creds = creds;
     m->state = MIG_SETUP;
     m->sock = -1;
     m->start_ns = time_now_ns();
@@ -869,8 +915,11 @@ int mig_start(struct migration *m, struct vm *vm, const struct mig_params *p,
     m->thread_started = ret == 0;
     if (ret) {
         m->state = MIG_FAILED;
+        tp_creds_free(m->creds);
+        m->creds = NULL;
         snprintf(err, errlen, "cannot start the migration thread: %s", strerror(ret));
     }
     pthread_mutex_unlock(&m->lock);
+    pthread_mutex_unlock(&start_lock);
     return -ret;
 }

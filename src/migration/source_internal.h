@@ -9,6 +9,7 @@
 
 #include "migration/dirty.h"
 #include "migration/migration.h"
+#include "migration/session.h"
 #include "migration/postcopy.h"
 #include "migration/xfer.h"
 #include "state/pages.h"
@@ -22,6 +23,7 @@ struct mig_src {
     struct vm *vm;
     int sock;
     struct stream_io out, in;
+    struct mig_session session;  /* from the destination: later connections show it */
     struct dirty_log dirty;
     struct page_batch batch;
     struct page_stats ps;       /* whole migration, main channel */

@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "migration/transport.h"
 #include "migration/channel.h"
 #include "migration/source_internal.h"
 #include "util/log.h"
@@ -236,9 +237,9 @@ static void pc_close_channels(struct mig_src *s)
         pthread_join(s->uthread, NULL);
     s->uthread_started = false;
     if (s->usock >= 0)
-        close(s->usock);
+        tp_close(s->usock);
     if (s->sock >= 0)
-        close(s->sock);
+        tp_close(s->sock);
     s->usock = s->sock = -1;
     pthread_mutex_lock(&s->m->lock);
     s->m->sock = -1;
@@ -378,10 +379,8 @@ static bool pc_recover_requested(struct mig_src *s)
     req = m->recover_req;
     if (req) {
         m->recover_req = false;
-        if (m->recover_host[0]) {
-            snprintf(m->params.host, sizeof(m->params.host), "%s", m->recover_host);
-            snprintf(m->params.port, sizeof(m->params.port), "%s", m->recover_port);
-        }
+        if (m->recover_ep_set)
+            m->params.ep = m->recover_ep;
     }
     pthread_mutex_unlock(&m->lock);
     return req;

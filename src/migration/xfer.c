@@ -3,6 +3,7 @@
  * connection; that thread copies the pages (after the walker re-protected
  * them), finds zero pages, delta-encodes against its cache, compresses the
  * batch body when it pays and sends it. */
+#include "migration/transport.h"
 #include "migration/xfer.h"
 #include "migration/channel.h"
 
@@ -345,7 +346,7 @@ static int xfer_worker_init(struct xfer *x, unsigned i, int sock)
     w->ratio = 0.5;
     pthread_mutex_init(&w->lock, NULL);
     pthread_cond_init(&w->cond, NULL);
-    if (stream_io_init(&w->out, sock, 1u << 16) < 0)
+    if (tp_stream_init(&w->out, sock, 1u << 16) < 0)
         return -ENOMEM;
     w->raw = malloc(XPAGES_MAX_RAW);
     w->zbody = malloc(XPAGES_MAX_RAW);
@@ -374,7 +375,7 @@ int xfer_start(struct xfer *x, const struct xfer_params *p, struct guest_mem *me
     x->w = calloc(p->conns, sizeof(*x->w));
     if (!x->w) {
         for (unsigned i = 0; i < p->conns; i++)
-            close(socks[i]);
+            tp_close(socks[i]);
         x->p.conns = 0;
         return -ENOMEM;
     }
@@ -401,7 +402,7 @@ void xfer_stop(struct xfer *x)
             pthread_join(w->thread, NULL);
         }
         if (w->sock >= 0)
-            close(w->sock);
+            tp_close(w->sock);
         stream_io_free(&w->out);
         free(w->raw);
         free(w->zbody);

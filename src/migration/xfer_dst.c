@@ -3,6 +3,7 @@
  * page always travels on the same connection, so its copies arrive in
  * order); ROUND markers let the main channel answer a round only once
  * every connection has applied it, and END marks a connection's last page. */
+#include "migration/transport.h"
 #include "migration/xfer.h"
 
 #include <errno.h>
@@ -118,7 +119,7 @@ int xfer_dst_start(struct xfer_dst *x, struct guest_mem *mem, const int *socks, 
         /* a connection may carry nothing for long (its pages are all holes);
          * the main channel's timeout covers a dead source */
         setsockopt(w->sock, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof(none));
-        if (stream_io_init(&w->in, w->sock, XD_IOBUF) < 0 || xpages_ctx_init(&w->ctx) < 0)
+        if (tp_stream_init(&w->in, w->sock, XD_IOBUF) < 0 || xpages_ctx_init(&w->ctx) < 0)
             return -ENOMEM;
         if (pthread_create(&w->thread, NULL, xd_thread, w) != 0)
             return -EAGAIN;
@@ -165,7 +166,7 @@ void xfer_dst_stop(struct xfer_dst *x)
             pthread_join(w->thread, NULL);
         w->started = false;
         if (w->sock >= 0)
-            close(w->sock);
+            tp_close(w->sock);
         w->sock = -1;
         stream_io_free(&w->in);
         xpages_ctx_free(&w->ctx);

@@ -114,6 +114,12 @@ int stream_io_init(struct stream_io *io, int fd, size_t bufsize)
     return io->buf ? 0 : -ENOMEM;
 }
 
+void stream_io_set_ops(struct stream_io *io, const struct stream_ops *ops, void *ctx)
+{
+    io->ops = ops;
+    io->ctx = ctx;
+}
+
 void stream_io_free(struct stream_io *io)
 {
     free(io->buf);
@@ -122,6 +128,8 @@ void stream_io_free(struct stream_io *io)
 
 static int stream_write_fd(struct stream_io *io, const void *p, size_t n)
 {
+    if (io->ops)
+        return io->ops->send_all(io->ctx, p, n);
     return io->sock ? sock_write_all(io->fd, p, n) : fd_write_all(io->fd, p, n);
 }
 
@@ -156,15 +164,26 @@ int stream_write(struct stream_io *io, const void *p, size_t n)
     return 0;
 }
 
+/* Bytes read, 0 at the end of the stream, or -errno. */
+static ssize_t stream_read_fd(struct stream_io *io, void *p, size_t n)
+{
+    ssize_t got;
+
+    if (io->ops)
+        return io->ops->recv(io->ctx, p, n);
+    do
+        got = read(io->fd, p, n);
+    while (got < 0 && errno == EINTR);
+    return got < 0 ? -errno : got;
+}
+
 static int stream_fill(struct stream_io *io)
 {
     ssize_t n;
 
-    do
-        n = read(io->fd, io->buf, io->cap);
-    while (n < 0 && errno == EINTR);
+    n = stream_read_fd(io, io->buf, io->cap);
     if (n < 0)
-        return io->err = -errno;
+        return io->err = (int)n;
     if (n == 0)
         return io->err = -EPIPE;
     io->pos = 0;
@@ -177,11 +196,9 @@ static ssize_t stream_read_direct(struct stream_io *io, uint8_t *dst, size_t n)
 {
     ssize_t got;
 
-    do
-        got = read(io->fd, dst, n);
-    while (got < 0 && errno == EINTR);
+    got = stream_read_fd(io, dst, n);
     if (got < 0)
-        io->err = -errno;
+        io->err = (int)got;
     else if (got == 0)
         io->err = -EPIPE;
     return io->err ? -1 : got;

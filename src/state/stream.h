@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #define STREAM_MAGIC          "FERRY\0VM"
 #define STREAM_FORMAT_VERSION 1
@@ -77,6 +78,14 @@ int stream_record_check_header(const struct stream_record *r, const char **why);
 bool stream_record_check_payload(const struct stream_record *r, const void *payload);
 
 /* Buffered I/O over a file descriptor (file or socket). */
+/* A layer under the stream (TLS): when set, bytes go through it instead of
+ * read()/write() on fd. recv: bytes, 0 at the end, -errno; send_all: 0 or
+ * -errno. One thread may send while another receives. */
+struct stream_ops {
+    ssize_t (*recv)(void *ctx, void *buf, size_t n);
+    int (*send_all)(void *ctx, const void *buf, size_t n);
+};
+
 struct stream_io {
     int fd;
     uint8_t *buf;
@@ -84,10 +93,13 @@ struct stream_io {
     uint64_t bytes;           /* total moved through this stream */
     uint64_t *progress;       /* optional: updated with bytes as they move */
     bool sock;                /* writes notice a peer that stopped reading */
+    const struct stream_ops *ops;   /* optional layer (TLS) and its context */
+    void *ctx;
     int err;
 };
 
 int stream_io_init(struct stream_io *io, int fd, size_t bufsize);
+void stream_io_set_ops(struct stream_io *io, const struct stream_ops *ops, void *ctx);
 void stream_io_free(struct stream_io *io);
 int stream_write(struct stream_io *io, const void *p, size_t n);
 int stream_flush(struct stream_io *io);

@@ -136,7 +136,7 @@ class Console:
 
 class Vm:
     def __init__(self, tmpdir, cmdline="", memory=512, cpus=1, kernel=None, extra=(),
-                 api_socket=True, console=True, restore=None, incoming=None):
+                 api_socket=True, console=True, restore=None, incoming=None, pass_fds=()):
         self.dir = str(tmpdir)
         self.sock = os.path.join(self.dir, "api.sock") if api_socket else None
         self.console_path = os.path.join(self.dir, "console.log")
@@ -160,7 +160,8 @@ class Vm:
         self.console = Console(self.console_path)
         self.stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                     stderr=self.stderr, env={**os.environ, **SAN_ENV})
+                                     stderr=self.stderr, env={**os.environ, **SAN_ENV},
+                                     pass_fds=pass_fds)
         self.started = time.monotonic()
 
     # --- console -------------------------------------------------------

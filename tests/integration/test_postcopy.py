@@ -2,10 +2,13 @@
 broken connection is recovered without losing the VM, and an abort ends
 both sides with a clear account."""
 import socket
+import struct
 import time
 
 import pytest
+import xxhash
 
+from faultproxy import FaultProxy
 from ferrylib import assert_continues, free_port, migrate, run_cli, wait_listening
 from proxy import Proxy
 
@@ -188,6 +191,51 @@ def test_manual_recover_elsewhere(vm_factory):
     finally:
         first.close()
         second.close()
+
+
+def forged_recover(port, hello, token):
+    """A RECOVER on the waiting destination built from the source's own HELLO
+    (right memory size, vCPUs and CPU fingerprint, as anyone on the path of a
+    plain-text migration saw them) with the given token. Returns its answer."""
+    h = bytearray(hello[:112])
+    struct.pack_into("<I", h, 68, 2)                   # proto_flags: MIG_FLAG_RECOVER
+    h[72:104] = token                                  # reserved: the session token
+    struct.pack_into("<Q", h, 104, xxhash.xxh3_64(bytes(h[:104])).intdigest())
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(bytes(h))
+        answer = b""
+        while chunk := s.recv(4096):
+            answer += chunk
+    return answer
+
+
+def test_forged_recovery_refused(vm_factory):
+    """Knowing the VM's sizes is not enough to take a broken post-copy over:
+    a RECOVER without the session's token is refused, and the real source's
+    recovery still works afterwards."""
+    src = source(vm_factory, memory=1024, cmdline="dirtier.mib=256 dirtier.rate=-1")
+    dst, port = destination(vm_factory)
+    rec = FaultProxy(port, None)          # what a stranger on the path sees
+    first, second = Proxy(rec.port), Proxy(port)
+    try:
+        break_postcopy(src, first, 40)
+        hello = bytes(rec.recorded[:112])
+        assert hello[:8] == b"FERRY\0VM"
+        for token in (bytes(32), bytes(range(32))):
+            answer = forged_recover(port, hello, token)
+            assert b"not a channel of this migration" in answer, answer[:200]
+        assert dst.api("GET", "/v1/migration")[1]["state"] == "postcopy-paused"
+        r = run_cli("migrate-recover", "--api-socket", src.sock, second.uri)
+        assert r.returncode == 0, r.stderr
+        assert src.wait_exit(120) == 0, src.stderr_text()
+        d = dst.api("GET", "/v1/migration")[1]
+        assert d["state"] == "running" and d["postcopy"]["recoveries"] == 1, d
+        dst.wait_for(r"^VERIFY ok", timeout=30)
+        assert_continues(src.console.refresh(), dst.console.refresh())
+    finally:
+        first.close()
+        second.close()
+        rec.close()
 
 
 def test_manual_switch_to_postcopy(vm_factory):
