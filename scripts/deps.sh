@@ -3,10 +3,10 @@
 # Usage: scripts/deps.sh [build|test|bench|linux]   (default: build)
 set -euo pipefail
 
-build_pkgs=(gcc make meson ninja-build pkg-config libjansson-dev libmicrohttpd-dev libgnutls28-dev
+build_pkgs=(gcc make meson ninja-build pkg-config libjansson-dev libmicrohttpd-dev libgnutls28-dev libseccomp-dev libcap-ng-dev
             libcurl4-openssl-dev libxxhash-dev libzstd-dev liblz4-dev liburing-dev
             libcmocka-dev python3)
-test_pkgs=(python3-pytest python3-xxhash clang libclang-rt-14-dev llvm iproute2 procps)
+test_pkgs=(python3-pytest gnutls-bin python3-xxhash clang libclang-rt-14-dev llvm iproute2 procps)
 bench_pkgs=(qemu-system-x86 gnuplot-nox)
 # test and bench overlap; duplicates are harmless to apt but checked once here
 linux_pkgs=(cpio gzip xz-utils)

@@ -1,5 +1,6 @@
 /* ferry: a KVM VMM built for live migration. Verb dispatch. */
 #include <errno.h>
+#include <grp.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -11,6 +12,7 @@
 #include "api/routes_migration.h"
 #include "api/routes_vm.h"
 #include "migration/migration.h"
+#include "sandbox/sandbox.h"
 #include "cli/args.h"
 #include "cli/client.h"
 #include "cli/verbs.h"
@@ -128,6 +130,22 @@ static const struct api_route *all_routes(size_t *n)
     return table;
 }
 
+/* --api-group: a group name, or a numeric gid. */
+static int api_open_group(struct api_server *api, const char *name)
+{
+    struct group grp, *g = NULL;
+    char buf[4096];
+    uint64_t gid;
+
+    if (parse_u64(name, &gid) == 0 && gid < UINT32_MAX)
+        return api_allow_group(api, (gid_t)gid) < 0 ? -1 : 0;
+    if (getgrnam_r(name, &grp, buf, sizeof(buf), &g) != 0 || !g) {
+        log_err("--api-group: no group named '%s'", name);
+        return -1;
+    }
+    return api_allow_group(api, g->gr_gid) < 0 ? -1 : 0;
+}
+
 static int api_open(struct api_server **api, struct vm *vm, const struct run_args *a)
 {
     const struct api_route *routes;
@@ -137,7 +155,9 @@ static int api_open(struct api_server **api, struct vm *vm, const struct run_arg
     if (!a->vm.api_socket)
         return 0;
     routes = all_routes(&n);
-    return api_start(api, a->vm.api_socket, routes, n, vm) < 0 ? -1 : 0;
+    if (api_start(api, a->vm.api_socket, routes, n, vm) < 0)
+        return -1;
+    return a->api_group ? api_open_group(*api, a->api_group) : 0;
 }
 
 /* Exit codes of a run that ends before its guest runs. */
@@ -191,12 +211,30 @@ static int run_create(struct vm *vm, struct run_args *a, struct api_server **api
     return ret < 0 ? RUN_FAILED : 0;
 }
 
+/* Before any thread exists, so that all of them inherit it. */
+static int run_sandbox(const struct run_args *a)
+{
+    struct sandbox_opts o = { .net_admin = a->vm.nnets > 0, .uffd = a->incoming != NULL,
+                              .chown = a->api_group != NULL };
+    char err[256];
+
+    if (a->no_sandbox) {
+        log_warn("sandbox off: no seccomp filter, every capability kept");
+        return 0;
+    }
+    if (sandbox_apply(&o, err, sizeof(err)) < 0)
+        return log_err("sandbox: %s", err), -1;
+    return 0;
+}
+
 static int run_vm(struct vm *vm, struct run_args *a)
 {
     static struct migration mig;
     struct api_server *api = NULL;
     int code;
 
+    if (run_sandbox(a) < 0)
+        return RUN_FAILED;
     mig_init(&mig);
     vm_init(vm, &a->vm);
     vm->mig = &mig;

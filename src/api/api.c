@@ -252,6 +252,24 @@ static const struct api_route *api_select(struct api_server *srv, const char *me
     return NULL;
 }
 
+/* Who asked, for the log of state-changing requests (the socket's mode and
+ * group decide who can; this says who did). */
+static void api_log_caller(struct MHD_Connection *conn, const char *method, const char *url,
+                           int status)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    struct ucred cred = { .pid = 0, .uid = (uid_t)-1, .gid = (gid_t)-1 };
+    socklen_t len = sizeof(cred);
+
+    if (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0)
+        return;
+    if (ci)
+        getsockopt(ci->connect_fd, SOL_SOCKET, SO_PEERCRED, &cred, &len);
+    log_info("api: %s %s from pid %d uid %d gid %d -> %d", method, url, (int)cred.pid,
+             (int)cred.uid, (int)cred.gid, status);
+}
+
 static enum MHD_Result api_dispatch(struct api_server *srv, struct MHD_Connection *conn,
                                     const char *method, const char *url,
                                     const struct api_request *req)
@@ -266,6 +284,7 @@ static enum MHD_Result api_dispatch(struct api_server *srv, struct MHD_Connectio
         status = api_call(srv, route, req, &resp);
     status = api_normalize(status, &resp);
     log_debug("api: %s %s -> %d", method, url, status);
+    api_log_caller(conn, method, url, status);
     if (status != 405)
         return api_respond(conn, status, resp, NULL);
     api_route_allow(srv->routes, srv->nroutes, url, allow, sizeof(allow));
@@ -516,6 +535,18 @@ fail:
         free(srv->path);
     free(srv);
     return ret;
+}
+
+int api_allow_group(struct api_server *srv, gid_t gid)
+{
+    if (chown(srv->path, (uid_t)-1, gid) < 0 || chmod(srv->path, 0660) < 0) {
+        int ret = -errno;
+        log_err("api: cannot give group %d access to %s: %s", (int)gid, srv->path,
+                strerror(errno));
+        return ret;
+    }
+    log_info("api: %s is open to group %d", srv->path, (int)gid);
+    return 0;
 }
 
 static void api_sleep_ms(long ms)

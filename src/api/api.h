@@ -15,6 +15,7 @@
 #define FERRY_API_API_H
 
 #include <stddef.h>
+#include <sys/types.h>
 #include <jansson.h>
 
 /* Largest request body accepted; longer bodies get 413. */
@@ -49,6 +50,10 @@ struct api_route {
  */
 int api_start(struct api_server **out, const char *socket_path, const struct api_route *routes,
               size_t nroutes, void *ctx);
+/* Opens the socket to a group as well (0660, group gid): operators in that
+ * group may drive the VM. Each state-changing request is logged with the
+ * caller's pid, uid and gid (SO_PEERCRED). */
+int api_allow_group(struct api_server *srv, gid_t gid);
 
 /*
  * Stops accepting, lets requests in flight finish (bounded wait) so that e.g.

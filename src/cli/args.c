@@ -11,7 +11,8 @@
 
 enum { OPT_KERNEL = 256, OPT_INITRD, OPT_CMDLINE, OPT_MEMORY, OPT_CPUS,
        OPT_API, OPT_CONSOLE, OPT_DEBUGCON, OPT_LOG, OPT_SNAPSHOT, OPT_PAUSED, OPT_INCOMING,
-       OPT_DIRTY_RING, OPT_DISK, OPT_NO_RNG, OPT_NET, OPT_TLS_DIR, OPT_TLS_AUTHZ };
+       OPT_DIRTY_RING, OPT_DISK, OPT_NO_RNG, OPT_NET, OPT_TLS_DIR, OPT_TLS_AUTHZ,
+       OPT_API_GROUP, OPT_SANDBOX };
 
 static const struct option run_options[] = {
     { "kernel", required_argument, NULL, OPT_KERNEL },
@@ -31,6 +32,8 @@ static const struct option run_options[] = {
     { "no-rng", no_argument, NULL, OPT_NO_RNG },
     { "net", required_argument, NULL, OPT_NET },
     { "tls-dir", required_argument, NULL, OPT_TLS_DIR },
+    { "api-group", required_argument, NULL, OPT_API_GROUP },
+    { "sandbox", required_argument, NULL, OPT_SANDBOX },
     { "tls-authz", required_argument, NULL, OPT_TLS_AUTHZ },
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' },
@@ -49,7 +52,9 @@ void args_run_usage(void)
         "  --cmdline STR         kernel command line\n"
         "  --memory MiB          guest RAM (default %d; multiple of 2)\n"
         "  --cpus N              vCPUs (default 1, at most %d)\n"
-        "  --api-socket PATH     serve the REST API on this unix socket\n"
+        "  --api-socket PATH     serve the REST API on this unix socket (mode 0600)\n"
+        "  --api-group NAME|GID  ... open to this group too (0660); state-changing\n"
+        "                        requests are logged with the caller's pid/uid/gid\n"
         "  --console stdio|file:PATH|none   serial console (default stdio)\n"
         "  --debugcon PATH       port 0xe9 output to this file or FIFO\n"
         "  --dirty-ring          track dirty pages with KVM's per-vCPU dirty ring\n"
@@ -62,6 +67,8 @@ void args_run_usage(void)
         "                        server-cert.pem, server-key.pem (make certs)\n"
         "  --tls-authz NAMES     comma-separated names a source's certificate must\n"
         "                        carry (default: any certificate the CA signed)\n"
+        "  --sandbox on|off      seccomp filter and capabilities dropped (default on;\n"
+        "                        off for debugging: docs/SECURITY.md)\n"
         "  --log-level error|warning|info|debug, -v for debug\n",
         ARGS_DEFAULT_MEMORY_MIB, VM_MAX_VCPUS, NET_MAX_DEVICES);
 }
@@ -217,6 +224,12 @@ static int args_one(int opt, struct run_args *a, char *err, size_t len)
     case OPT_SNAPSHOT: a->snapshot = optarg; return 0;
     case OPT_PAUSED: a->paused = true; return 0;
     case OPT_INCOMING: a->incoming = optarg; return 0;
+    case OPT_API_GROUP: a->api_group = optarg; return 0;
+    case OPT_SANDBOX:
+        a->no_sandbox = strcmp(optarg, "off") == 0;
+        if (!a->no_sandbox && strcmp(optarg, "on") != 0)
+            return snprintf(err, len, "--sandbox takes on or off"), -EINVAL;
+        return 0;
     case OPT_TLS_DIR: return args_copy(a->tls.dir, sizeof(a->tls.dir), optarg, "--tls-dir",
                                        err, len);
     case OPT_TLS_AUTHZ: return args_copy(a->tls.authz, sizeof(a->tls.authz), optarg,

@@ -8,6 +8,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "sandbox/sandbox.h"
 #include "util/log.h"
 #include "util/util.h"
 #include "vm/vm.h"
@@ -306,6 +307,8 @@ static void *vcpu_thread(void *arg)
 
     snprintf(name, sizeof(name), "vcpu%u", vcpu->id);
     pthread_setname_np(pthread_self(), name);
+    if (sandbox_vcpu_thread() < 0)
+        log_warn("vcpu %u: no thread sandbox of its own", vcpu->id);
     vcpu_current_run = vcpu->run;
     for (;;) {
         uint64_t throttle = __atomic_exchange_n(&vcpu->throttle_ns, 0, __ATOMIC_ACQ_REL);
