@@ -47,7 +47,8 @@ static const char *const sandbox_calls[] = {
 #endif
 };
 
-/* A vCPU thread runs guest exits: device registers (KVM ioctls, eventfds,
+/* Thread classes with a filter of their own, on top of the process's.
+ * A vCPU thread runs guest exits: device registers (KVM ioctls, eventfds,
  * the console and disk files it already has open), sleeps and signals. It
  * opens nothing, makes no socket and starts no thread. */
 static const char *const sandbox_vcpu_calls[] = {
@@ -60,6 +61,10 @@ static const char *const sandbox_vcpu_calls[] = {
     "fstat", "newfstatat", "lseek", "getrandom", "restart_syscall", "rseq",
     "set_robust_list",
 };
+
+/* A device worker (virtio) serves its queues: the same, and it waits on its
+ * epoll set. */
+static const char *const sandbox_device_calls[] = { "epoll_wait", "epoll_pwait" };
 
 static bool sandbox_enabled;
 
@@ -106,18 +111,30 @@ static int sandbox_allow(scmp_filter_ctx f, const char *const *calls, size_t n)
     return ret;
 }
 
+/* A call allowed when its first argument matches (written out: the
+ * SCMP_A0 macro leaves fields to the compiler, which -Wextra refuses). */
+static int sandbox_allow_arg0(scmp_filter_ctx f, int nr, enum scmp_compare op,
+                              scmp_datum_t mask, scmp_datum_t value)
+{
+    struct scmp_arg_cmp cmp = { .arg = 0, .op = op, .datum_a = mask, .datum_b = value };
+
+    if (op == SCMP_CMP_EQ)
+        cmp.datum_a = value, cmp.datum_b = 0;
+    return seccomp_rule_add_array(f, SCMP_ACT_ALLOW, nr, 1, &cmp);
+}
+
 static int sandbox_rules(scmp_filter_ctx f)
 {
     int ret = sandbox_allow(f, sandbox_calls, sizeof(sandbox_calls) / sizeof(sandbox_calls[0]));
 
     for (size_t i = 0; i < sizeof(sandbox_families) / sizeof(sandbox_families[0]) && !ret; i++)
-        ret = seccomp_rule_add(f, SCMP_ACT_ALLOW, SCMP_SYS(socket), 1,
-                               SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t)sandbox_families[i]));
+        ret = sandbox_allow_arg0(f, SCMP_SYS(socket), SCMP_CMP_EQ, ~0ULL,
+                                 (scmp_datum_t)sandbox_families[i]);
 #if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_UNDEFINED__)
     /* threads only: no fork, so nothing can run outside the filter's reach */
     if (ret == 0)
-        ret = seccomp_rule_add(f, SCMP_ACT_ALLOW, SCMP_SYS(clone), 1,
-                               SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_THREAD, CLONE_THREAD));
+        ret = sandbox_allow_arg0(f, SCMP_SYS(clone), SCMP_CMP_MASKED_EQ, CLONE_THREAD,
+                                 CLONE_THREAD);
 #endif
     /* clone3's flags are behind a pointer a filter cannot read: glibc falls
      * back to clone on ENOSYS */
@@ -194,7 +211,7 @@ static void sandbox_probe(void)
         close(ret);
 }
 
-int sandbox_vcpu_thread(void)
+int sandbox_thread(enum sandbox_class c)
 {
     scmp_filter_ctx f;
     int ret;
@@ -206,6 +223,9 @@ int sandbox_vcpu_thread(void)
         return -ENOMEM;
     ret = sandbox_allow(f, sandbox_vcpu_calls,
                         sizeof(sandbox_vcpu_calls) / sizeof(sandbox_vcpu_calls[0]));
+    if (ret == 0 && c == SANDBOX_DEVICE)
+        ret = sandbox_allow(f, sandbox_device_calls,
+                            sizeof(sandbox_device_calls) / sizeof(sandbox_device_calls[0]));
     if (ret == 0)
         ret = seccomp_load(f);   /* this thread only: filters stack on the process's */
     seccomp_release(f);

@@ -20,8 +20,11 @@ struct sandbox_opts {
  * fails with EPERM and is reported once per call site on stderr ("sandbox:
  * blocked system call N"), never executed. Returns 0 or -errno with err. */
 int sandbox_apply(const struct sandbox_opts *o, char *err, size_t errlen);
-/* Called by each vCPU thread as it starts: a stricter filter of its own on top
- * (the thread class that runs guest exits). No-op when the sandbox is off. */
-int sandbox_vcpu_thread(void);
+/* The thread classes that serve the guest directly: vCPUs (guest exits) and
+ * device workers (virtqueues). */
+enum sandbox_class { SANDBOX_VCPU, SANDBOX_DEVICE };
+/* Called by such a thread as it starts: a stricter filter of its own on top
+ * of the process's. No-op when the sandbox is off. */
+int sandbox_thread(enum sandbox_class c);
 
 #endif

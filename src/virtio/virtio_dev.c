@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "state/state.h"
+#include "sandbox/sandbox.h"
 #include "util/log.h"
 
 #define WATCH_CTL  0xffffffffU
@@ -245,6 +246,9 @@ static void *virtio_worker(void *arg)
     struct virtio_dev *v = arg;
     struct epoll_event ev[8];
 
+    pthread_setname_np(pthread_self(), "virtio");
+    if (sandbox_thread(SANDBOX_DEVICE) < 0)
+        log_warn("virtio worker: no thread sandbox of its own");
     while (worker_checkpoint(v)) {
         int n = epoll_wait(v->epfd, ev, 8, -1);
 

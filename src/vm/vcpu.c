@@ -307,7 +307,7 @@ static void *vcpu_thread(void *arg)
 
     snprintf(name, sizeof(name), "vcpu%u", vcpu->id);
     pthread_setname_np(pthread_self(), name);
-    if (sandbox_vcpu_thread() < 0)
+    if (sandbox_thread(SANDBOX_VCPU) < 0)
         log_warn("vcpu %u: no thread sandbox of its own", vcpu->id);
     vcpu_current_run = vcpu->run;
     for (;;) {

@@ -60,6 +60,16 @@ def assert_continues(before, after):
 DOWNTIME_MARGIN_MS = 150
 
 
+def assert_recovered_on(src, dst, recoveries=1):
+    """The source handed the VM over after post-copy recovered `recoveries`
+    times; the guest verifies on the destination and its heartbeat went on."""
+    assert src.wait_exit(120) == 0, src.stderr_text()[-2000:]
+    d = dst.api("GET", "/v1/migration")[1]
+    assert d["state"] == "running" and d["postcopy"]["recoveries"] == recoveries, d
+    dst.wait_for(r"^VERIFY ok", timeout=30)
+    assert_continues(src.console.refresh(), dst.console.refresh())
+
+
 def assert_downtime_within(rep, limit_ms=None):
     """The report's downtime is positive and within the limit the migration
     had (or limit_ms), give or take DOWNTIME_MARGIN_MS."""
