@@ -213,6 +213,29 @@ def ferry_late_rate(res, name):
     return statistics.median(rates) if rates else None
 
 
+def tls_note(res, names):
+    """What mutual TLS costs each system (TLS / plain total time), and how the
+    two compare with TLS on."""
+    pairs = [(x, x[:-4]) for x in names if x.endswith("-tls") and x[:-4] in names]
+    ok = [(t, p) for t, p in pairs
+          if all(med(res, n, s, "total_ms") for n in (t, p) for s in SYSTEMS)]
+    if not ok:
+        return None
+    cost = lambda s, t, p: med(res, t, s, "total_ms") / med(res, p, s, "total_ms")  # noqa: E731
+    s = ("- **What mutual TLS costs** (TLS 1.3, AES-128-GCM on ferry, GnuTLS's default "
+         "on QEMU; user-space encryption on both: this kernel has no kernel TLS). Total time "
+         "with TLS over without, ferry / QEMU: "
+         + "; ".join(f"`{p}` {cost('ferry', t, p):.2f} / {cost('qemu', t, p):.2f}"
+                     for t, p in ok) + ".")
+    vs = [(t, med(res, t, "ferry", k), med(res, t, "qemu", k), k)
+          for t, _ in ok for k in ("total_ms", "gap_ms", "downtime_ms")]
+    worse = [f"{t} {k[:-3]}" for t, a, b, k in vs if a is not None and b is not None and a >= b]
+    s += (" With TLS on both, ferry is behind QEMU in " + listing(worse) + "." if worse else
+          " With TLS on both, ferry is ahead of QEMU in total time, gap and reported "
+          "downtime in every TLS scenario.")
+    return s
+
+
 def notes(res, names):
     n = []
     m = lambda name, s, k: med(res, name, s, k)         # noqa: E731
@@ -575,6 +598,9 @@ def notes(res, names):
                 "switchover)" + (": every vCPU halted with interrupts enabled and one with "
                                  "a wake-up pending that KVM never delivered"
                                  if r.get("dst_missed_wakeup") else ""))
+    tls = tls_note(res, names)
+    if tls:
+        n.append(tls)
     bad = [(x, s_, r.get("repeat"), run_problem(r))
            for x in names for s_ in SYSTEMS for r in runs_of(res, x, s_)
            if not (r.get("converged") and r.get("verify_ok"))]
@@ -706,7 +732,12 @@ def headline_rows(res):
             ("dirty-max-hybrid", "fault_p99_us", "hybrid: fault latency p99", "µs"),
             ("idle-4g-mfd", "total_ms", "idle 4 GiB, 2 connections (QEMU multifd): total "
              "time", "ms"),
-            ("dirty-20k-cap100", "bytes", "100 MiB/s cap, compression: bytes sent", "B")):
+            ("dirty-20k-cap100", "bytes", "100 MiB/s cap, compression: bytes sent", "B"),
+            ("idle-1g-tls", "total_ms", "mutual TLS, idle 1 GiB: total time", "ms"),
+            ("dirty-20k-tls", "gap_ms", "mutual TLS, 20000 pages/s: gap", "ms"),
+            ("dirty-max-tls", "total_ms", "mutual TLS, 512 MiB at full speed: total time",
+             "ms"),
+            ("dirty-max-tls", "gap_ms", "mutual TLS, 512 MiB at full speed: gap", "ms")):
         if runs_of(res, name, "ferry") and runs_of(res, name, "qemu"):
             a, b = med(res, name, "ferry", key), med(res, name, "qemu", key)
             if unit == "B":                 # bytes: shown in MiB
