@@ -66,8 +66,15 @@ def fmt(v, unit):
     return f"{v:.2f}"
 
 
+# What a migration achieved: only from runs that converged (a cancelled run's
+# "gap" is the longest silence until the cancel, not a switchover's).
+OUTCOME = {"downtime_ms", "gap_ms", "gap_switchover_ms", "total_ms", "wall_ms", "bytes",
+           "rounds"}
+
+
 def stats(runs, key):
-    vals = [r[key] for r in runs if r.get(key) is not None]
+    vals = [r[key] for r in runs if r.get(key) is not None
+            and (key not in OUTCOME or r.get("converged"))]
     if not vals:
         return None
     return {"n": len(vals), "median": statistics.median(vals), "min": min(vals),
@@ -217,15 +224,18 @@ def tls_note(res, names):
     """What mutual TLS costs each system (TLS / plain total time), and how the
     two compare with TLS on."""
     pairs = [(x, x[:-4]) for x in names if x.endswith("-tls") and x[:-4] in names]
-    ok = [(t, p) for t, p in pairs
-          if all(med(res, n, s, "total_ms") for n in (t, p) for s in SYSTEMS)]
+    ok = [(t, p) for t, p in pairs if med(res, t, "ferry", "total_ms")
+          and med(res, p, "ferry", "total_ms")]
     if not ok:
         return None
-    cost = lambda s, t, p: med(res, t, s, "total_ms") / med(res, p, s, "total_ms")  # noqa: E731
+
+    def cost(s_, t, p):
+        a, b = med(res, t, s_, "total_ms"), med(res, p, s_, "total_ms")
+        return f"{a / b:.2f}" if a and b else "never converged"
     s = ("- **What mutual TLS costs** (TLS 1.3, AES-128-GCM on ferry, GnuTLS's default "
          "on QEMU; user-space encryption on both: this kernel has no kernel TLS). Total time "
          "with TLS over without, ferry / QEMU: "
-         + "; ".join(f"`{p}` {cost('ferry', t, p):.2f} / {cost('qemu', t, p):.2f}"
+         + "; ".join(f"`{p}` {cost('ferry', t, p)} / {cost('qemu', t, p)}"
                      for t, p in ok) + ".")
     vs = [(t, med(res, t, "ferry", k), med(res, t, "qemu", k), k)
           for t, _ in ok for k in ("total_ms", "gap_ms", "downtime_ms")]
@@ -740,6 +750,9 @@ def headline_rows(res):
             ("dirty-max-tls", "gap_ms", "mutual TLS, 512 MiB at full speed: gap", "ms")):
         if runs_of(res, name, "ferry") and runs_of(res, name, "qemu"):
             a, b = med(res, name, "ferry", key), med(res, name, "qemu", key)
+            stuck = [NAMES[s_] for s_ in SYSTEMS if not count(runs_of(res, name, s_), "converged")]
+            if stuck:
+                label += f" ({' and '.join(stuck)}: no run converged in 120 s)"
             if unit == "B":                 # bytes: shown in MiB
                 a, b = [v / 2**20 if v is not None else None for v in (a, b)]
                 unit = "MiB"

@@ -586,7 +586,7 @@ int tp_stream_init(struct stream_io *io, int fd, size_t bufsize)
     if (ret < 0)
         return ret;
     if (t)
-        stream_io_set_ops(io, &tp_ops, t);
+        stream_io_set_ops(io, &tp_ops, t, true);   /* AES-GCM authenticates each record */
     return 0;
 }
 

@@ -95,11 +95,14 @@ struct stream_io {
     bool sock;                /* writes notice a peer that stopped reading */
     const struct stream_ops *ops;   /* optional layer (TLS) and its context */
     void *ctx;
+    bool authenticated;       /* the layer authenticates every byte (TLS's AEAD):
+                                 records carry checksum 0 and none is checked */
     int err;
 };
 
 int stream_io_init(struct stream_io *io, int fd, size_t bufsize);
-void stream_io_set_ops(struct stream_io *io, const struct stream_ops *ops, void *ctx);
+void stream_io_set_ops(struct stream_io *io, const struct stream_ops *ops, void *ctx,
+                       bool authenticated);
 void stream_io_free(struct stream_io *io);
 int stream_write(struct stream_io *io, const void *p, size_t n);
 int stream_flush(struct stream_io *io);

@@ -26,5 +26,13 @@ def vm_factory(tmp_path):
         return vm
 
     yield make
+    # Every VM is stopped even if an earlier one's check fails; the first
+    # failure is raised after.
+    errors = []
     for vm in vms:
-        vm.close()
+        try:
+            vm.close()
+        except AssertionError as e:
+            errors.append(e)
+    if errors:
+        raise errors[0]

@@ -354,6 +354,54 @@ static void test_sock_write_slow_reader(void **state)
     free(buf);
 }
 
+static ssize_t pass_recv(void *ctx, void *buf, size_t n)
+{
+    ssize_t got = read(*(int *)ctx, buf, n);
+
+    return got < 0 ? -errno : got;
+}
+
+static int pass_send(void *ctx, const void *buf, size_t n)
+{
+    return fd_write_all(*(int *)ctx, buf, n);
+}
+
+/* Under a layer that authenticates every byte (TLS), records carry no
+ * checksum and none is checked; without one, a checksum of 0 is refused. */
+static void test_authenticated_layer(void **state)
+{
+    static const struct stream_ops pass = { .recv = pass_recv, .send_all = pass_send };
+    struct stream_io out, in, plain;
+    struct stream_record r;
+    const char *why = "";
+    uint8_t *p = NULL;
+    int sv[2];
+
+    (void)state;
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    assert_int_equal(stream_io_init(&out, sv[0], 4096), 0);
+    assert_int_equal(stream_io_init(&in, sv[1], 4096), 0);
+    stream_io_set_ops(&out, &pass, &sv[0], true);
+    stream_io_set_ops(&in, &pass, &sv[1], true);
+    assert_int_equal(stream_put_record(&out, REC_SECTION, 1, 0, 1, 0, "abc", 3), 0);
+    assert_int_equal(stream_flush(&out), 0);
+    assert_int_equal(stream_get_record(&in, &r, &p, &why), 0);
+    assert_int_equal(r.checksum, 0);
+    assert_memory_equal(p, "abc", 3);
+    free(p);
+    assert_int_equal(stream_io_init(&plain, sv[1], 4096), 0);   /* no layer: checked */
+    assert_int_equal(stream_put_record(&out, REC_SECTION, 1, 0, 1, 0, "abc", 3), 0);
+    assert_int_equal(stream_flush(&out), 0);
+    assert_int_equal(stream_get_record(&plain, &r, &p, &why), -EBADMSG);
+    assert_null(p);
+    assert_string_equal(why, "record checksum mismatch");
+    stream_io_free(&out);
+    stream_io_free(&in);
+    stream_io_free(&plain);
+    close(sv[0]);
+    close(sv[1]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -368,6 +416,7 @@ int main(void)
         cmocka_unit_test(test_pages_load_checks),
         cmocka_unit_test(test_sock_write_stalled_peer),
         cmocka_unit_test(test_sock_write_slow_reader),
+        cmocka_unit_test(test_authenticated_layer),
     };
     return cmocka_run_group_tests_name("stream", tests, NULL, NULL);
 }
