@@ -167,19 +167,13 @@ static int api_open(struct api_server **api, struct vm *vm, const struct run_arg
 static int run_incoming(struct vm *vm, struct run_args *a, struct api_server **api)
 {
     int ret;
-    struct mig_endpoint ep;
-    char err[256];
 
-    if (mig_parse_uri(a->incoming, &ep, err, sizeof(err)) < 0)
-        return log_err("--incoming: %s", err), RUN_BAD_INPUT;
-    if (tp_tls_check(&a->tls, err, sizeof(err)) < 0)
-        return log_err("%s", err), RUN_BAD_INPUT;
     if (vm_check_disks(&a->vm) < 0)
         return RUN_BAD_INPUT;
     vm->state = VM_INCOMING;
     if (api_open(api, vm, a) < 0)
         return RUN_BAD_INPUT;
-    ret = mig_incoming(vm->mig, vm, &a->vm, &ep, &a->tls);
+    ret = mig_incoming(vm->mig, vm, &a->vm, &a->incoming_ep, &a->tls);
     return ret == -EINVAL || ret == -ENOENT ? RUN_BAD_INPUT : ret < 0 ? RUN_FAILED : 0;
 }
 

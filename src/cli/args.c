@@ -250,6 +250,16 @@ static int args_one(int opt, struct run_args *a, char *err, size_t len)
     }
 }
 
+/* --incoming's URI and TLS options, by the parser the migration uses. */
+static int args_check_incoming(struct run_args *a, char *err, size_t len)
+{
+    char why[256];
+
+    if (mig_parse_uri(a->incoming, &a->incoming_ep, why, sizeof(why)) < 0)
+        return snprintf(err, len, "--incoming: %s", why), -EINVAL;
+    return tp_tls_check(&a->tls, err, len);
+}
+
 /* run needs a kernel; restore takes everything from its snapshot. */
 static int args_check_verb(struct run_args *a, bool restore, char *err, size_t len)
 {
@@ -263,11 +273,10 @@ static int args_check_verb(struct run_args *a, bool restore, char *err, size_t l
     } else if (a->incoming) {
         bad = a->vm.kernel || a->vm.initrd || a->vm.cmdline ?
               "--kernel, --initrd and --cmdline come from the migration source" :
-              strncmp(a->incoming, "tcp:", 4) != 0 && strncmp(a->incoming, "unix:", 5) != 0 &&
-              strncmp(a->incoming, "fd:", 3) != 0 ?
-              "--incoming takes tcp:HOST:PORT, unix:PATH or fd:N" :
               a->snapshot || a->paused ? "--snapshot and --paused belong to ferry restore" : NULL;
         a->vm.restore = true;
+        if (!bad)
+            return args_check_incoming(a, err, len);
     } else {
         bad = !a->vm.kernel ? "--kernel is required" :
               a->tls.dir[0] || a->tls.authz[0] ? "--tls-dir and --tls-authz go with --incoming" :

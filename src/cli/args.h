@@ -15,6 +15,7 @@ struct run_args {
     int log_level;            /* enum log_level */
     const char *snapshot;     /* restore: the file to start from */
     const char *incoming;     /* run --incoming tcp:HOST:PORT|unix:PATH|fd:N */
+    struct mig_endpoint incoming_ep;   /* ... parsed */
     struct mig_tls tls;       /* run --incoming --tls-dir/--tls-authz */
     const char *api_group;    /* --api-group: the API socket is also this group's */
     bool no_sandbox;          /* --sandbox off: no seccomp filter, capabilities kept */

@@ -217,9 +217,8 @@ static int dst_accept_channel(struct mig_dst *d, uint32_t flags, int *sock,
 {
     struct stream_header h;
     const char *why = "";
-    int ret;
-
     char err[256];
+    int ret;
 
     *sock = tp_accept(d->creds, d->lfd, DST_TIMEOUT_S, err, sizeof(err));
     if (*sock < 0) {

@@ -155,7 +155,6 @@ static void src_hello_caps(struct mig_src *s, struct stream_header *h)
     memcpy(h->reserved + 8, &p->delta_cache_bytes, 8);
 }
 
-/* A connection to the destination: HELLO with flags, then its ACK. */
 /* The main channel's HELLO is followed by the guest's disks: the destination
  * answers the two together, so a disk that differs there is refused before
  * any page moves. */
@@ -192,6 +191,8 @@ static int src_read_session(struct mig_src *s, struct stream_io *in)
     return 0;
 }
 
+/* A connection to the destination: HELLO with flags, then its ACK (and on
+ * the main channel, the disks before it and the session after). */
 int src_open_channel(struct mig_src *s, uint32_t flags, int *sock, struct stream_io *out,
                      struct stream_io *in)
 {
@@ -821,6 +822,13 @@ static void src_fail_setup(struct migration *m, const char *why)
     pthread_mutex_unlock(&m->lock);
 }
 
+/* The migration's TLS credentials go with its thread (or its failed start). */
+static void src_drop_creds(struct migration *m)
+{
+    tp_creds_free(m->creds);
+    m->creds = NULL;
+}
+
 static void *src_thread(void *arg)
 {
     struct migration *m = arg;
@@ -829,8 +837,7 @@ static void *src_thread(void *arg)
 
     pthread_setname_np(pthread_self(), "migration");
     if (!s) {
-        tp_creds_free(m->creds);   /* before the state is final: then a new start may come */
-        m->creds = NULL;
+        src_drop_creds(m);   /* before the state is final: then a new start may come */
         src_fail_setup(m, "out of memory for the migration's state");
         return NULL;
     }
@@ -850,8 +857,7 @@ static void *src_thread(void *arg)
         log_err("migration failed: %s; the VM keeps running here", s->err);
     }
     pthread_mutex_lock(&m->lock);
-    tp_creds_free(m->creds);
-    m->creds = NULL;
+    src_drop_creds(m);
     pthread_cond_broadcast(&m->done);
     pthread_mutex_unlock(&m->lock);
     free(s);
@@ -915,8 +921,7 @@ int mig_start(struct migration *m, struct vm *vm, const struct mig_params *p,
     m->thread_started = ret == 0;
     if (ret) {
         m->state = MIG_FAILED;
-        tp_creds_free(m->creds);
-        m->creds = NULL;
+        src_drop_creds(m);
         snprintf(err, errlen, "cannot start the migration thread: %s", strerror(ret));
     }
     pthread_mutex_unlock(&m->lock);

@@ -23,6 +23,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "migration/migration.h"
 #include "state/stream.h"
 #include "util/log.h"
 #include "util/sockio.h"
@@ -30,7 +31,7 @@
 
 #define TP_MAX_FD       4096
 #define TP_HANDSHAKE_MS 15000
-#define TP_LISTEN_BACKLOG 34   /* main + data connections + urgent + recovery */
+#define TP_LISTEN_BACKLOG (MIG_MAX_CONNS + 2)   /* data connections, main, urgent */
 /* TLS 1.3 only; AES-128-GCM first: the fastest with AES-NI, and as strong
  * as a migration needs. */
 #define TP_PRIORITY "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+AES-128-GCM:" \
@@ -371,14 +372,13 @@ static int tp_pull_timeout(gnutls_transport_ptr_t ptr, unsigned int ms)
 }
 
 /* -errno for a GnuTLS failure: the socket's own error when there was one. */
-static int tp_errno(const struct tp_session *t, ssize_t ret, int sock_err)
+static int tp_errno(ssize_t ret, int sock_err)
 {
     if (ret == GNUTLS_E_AGAIN || ret == GNUTLS_E_TIMEDOUT)
         return -ETIMEDOUT;
-    if ((ret == GNUTLS_E_PULL_ERROR || ret == GNUTLS_E_PUSH_ERROR) && sock_err)
-        return -sock_err;
-    (void)t;
-    return ret == GNUTLS_E_PULL_ERROR || ret == GNUTLS_E_PUSH_ERROR ? -ECONNRESET : -EBADMSG;
+    if (ret == GNUTLS_E_PULL_ERROR || ret == GNUTLS_E_PUSH_ERROR)
+        return sock_err ? -sock_err : -ECONNRESET;
+    return -EBADMSG;
 }
 
 static ssize_t tp_recv(void *ctx, void *buf, size_t n)
@@ -396,7 +396,7 @@ static ssize_t tp_recv(void *ctx, void *buf, size_t n)
     if (r == GNUTLS_E_AGAIN)
         return -EAGAIN;   /* the read timeout: the caller may wait again */
     log_warn("migration tls: %s", gnutls_strerror((int)r));
-    return tp_errno(t, r, t->recv_err);
+    return tp_errno(r, t->recv_err);
 }
 
 static int tp_send_all(void *ctx, const void *buf, size_t n)
@@ -409,7 +409,7 @@ static int tp_send_all(void *ctx, const void *buf, size_t n)
         if (r == GNUTLS_E_INTERRUPTED)
             continue;
         if (r < 0)
-            return tp_errno(t, r, t->send_err);
+            return tp_errno(r, t->send_err);
         p += r;
         n -= (size_t)r;
     }
@@ -529,41 +529,46 @@ static int tp_handshake(const struct tp_creds *c, int fd, const char *host, char
     return ret;
 }
 
-int tp_connect(const struct tp_creds *c, const struct mig_endpoint *ep, int timeout_ms,
-               unsigned io_timeout_s, char *err, size_t errlen)
+/* A fresh connection, either side: its timeouts, then TLS if configured.
+ * Returns fd, or -errno with the connection closed. */
+static int tp_secure(const struct tp_creds *c, int fd, const char *host, unsigned io_timeout_s,
+                     char *err, size_t errlen)
 {
-    int fd = tp_connect_socket(ep, timeout_ms), ret;
+    int ret;
 
-    if (fd < 0) {
-        snprintf(err, errlen, "%s", ep->kind == MIG_EP_FD ? "fd: is for --incoming only"
-                                                          : strerror(-fd));
-        return fd;
-    }
     chan_set_timeouts(fd, io_timeout_s);
-    if (c && (ret = tp_handshake(c, fd, ep->kind == MIG_EP_TCP ? ep->host : NULL, err,
-                                 errlen)) < 0) {
+    if (c && (ret = tp_handshake(c, fd, host, err, errlen)) < 0) {
         close(fd);
         return ret;
     }
     return fd;
 }
 
+int tp_connect(const struct tp_creds *c, const struct mig_endpoint *ep, int timeout_ms,
+               unsigned io_timeout_s, char *err, size_t errlen)
+{
+    int fd = tp_connect_socket(ep, timeout_ms);
+
+    if (fd < 0) {
+        snprintf(err, errlen, "%s", ep->kind == MIG_EP_FD ? "fd: is for --incoming only"
+                                                          : strerror(-fd));
+        return fd;
+    }
+    return tp_secure(c, fd, ep->kind == MIG_EP_TCP ? ep->host : NULL, io_timeout_s, err,
+                     errlen);
+}
+
 int tp_accept(const struct tp_creds *c, int lfd, unsigned io_timeout_s, char *err,
               size_t errlen)
 {
-    int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC), ret;
+    int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
 
     if (fd < 0) {
-        ret = -errno;
-        snprintf(err, errlen, "accept: %s", strerror(errno));
-        return ret;
+        fd = -errno;
+        snprintf(err, errlen, "accept: %s", strerror(-fd));
+        return fd;
     }
-    chan_set_timeouts(fd, io_timeout_s);
-    if (c && (ret = tp_handshake(c, fd, NULL, err, errlen)) < 0) {
-        close(fd);
-        return ret;
-    }
-    return fd;
+    return tp_secure(c, fd, NULL, io_timeout_s, err, errlen);
 }
 
 static struct tp_session *tp_lookup(int fd)

@@ -13,6 +13,7 @@
 
 #include "util/log.h"
 #include "util/testhook.h"
+#include "util/util.h"
 
 /* What a VMM does after it starts: memory and threads, files (disks,
  * snapshots, the console), KVM ioctls, sockets (API, migration), eventfds and
@@ -111,25 +112,23 @@ static int sandbox_allow(scmp_filter_ctx f, const char *const *calls, size_t n)
     return ret;
 }
 
-/* A call allowed when its first argument matches (written out: the
- * SCMP_A0 macro leaves fields to the compiler, which -Wextra refuses). */
+/* A call allowed when its first argument compares as asked (written out:
+ * the SCMP_A0 macro leaves fields to the compiler, which -Wextra refuses). */
 static int sandbox_allow_arg0(scmp_filter_ctx f, int nr, enum scmp_compare op,
-                              scmp_datum_t mask, scmp_datum_t value)
+                              scmp_datum_t a, scmp_datum_t b)
 {
-    struct scmp_arg_cmp cmp = { .arg = 0, .op = op, .datum_a = mask, .datum_b = value };
+    struct scmp_arg_cmp cmp = { .arg = 0, .op = op, .datum_a = a, .datum_b = b };
 
-    if (op == SCMP_CMP_EQ)
-        cmp.datum_a = value, cmp.datum_b = 0;
     return seccomp_rule_add_array(f, SCMP_ACT_ALLOW, nr, 1, &cmp);
 }
 
 static int sandbox_rules(scmp_filter_ctx f)
 {
-    int ret = sandbox_allow(f, sandbox_calls, sizeof(sandbox_calls) / sizeof(sandbox_calls[0]));
+    int ret = sandbox_allow(f, sandbox_calls, ARRAY_SIZE(sandbox_calls));
 
-    for (size_t i = 0; i < sizeof(sandbox_families) / sizeof(sandbox_families[0]) && !ret; i++)
-        ret = sandbox_allow_arg0(f, SCMP_SYS(socket), SCMP_CMP_EQ, ~0ULL,
-                                 (scmp_datum_t)sandbox_families[i]);
+    for (size_t i = 0; i < ARRAY_SIZE(sandbox_families) && !ret; i++)
+        ret = sandbox_allow_arg0(f, SCMP_SYS(socket), SCMP_CMP_EQ,
+                                 (scmp_datum_t)sandbox_families[i], 0);
 #if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_UNDEFINED__)
     /* threads only: no fork, so nothing can run outside the filter's reach */
     if (ret == 0)
@@ -163,8 +162,6 @@ static int sandbox_filter(char *err, size_t errlen)
     return ret;
 }
 
-/* Only the capabilities named stay, and only if the process had them (an
- * unprivileged ferry has none to drop). */
 struct sandbox_kept {
     bool net, ptrace, chown;
 };
@@ -175,6 +172,8 @@ static void sandbox_keep(bool keep, unsigned cap)
         capng_update(CAPNG_ADD, CAPNG_EFFECTIVE | CAPNG_PERMITTED, cap);
 }
 
+/* Only the capabilities named stay, and only if the process had them (an
+ * unprivileged ferry has none to drop). */
 static int sandbox_caps(const struct sandbox_opts *o, struct sandbox_kept *k, char *err,
                         size_t errlen)
 {
@@ -221,11 +220,9 @@ int sandbox_thread(enum sandbox_class c)
     f = seccomp_init(SCMP_ACT_TRAP);
     if (!f)
         return -ENOMEM;
-    ret = sandbox_allow(f, sandbox_vcpu_calls,
-                        sizeof(sandbox_vcpu_calls) / sizeof(sandbox_vcpu_calls[0]));
+    ret = sandbox_allow(f, sandbox_vcpu_calls, ARRAY_SIZE(sandbox_vcpu_calls));
     if (ret == 0 && c == SANDBOX_DEVICE)
-        ret = sandbox_allow(f, sandbox_device_calls,
-                            sizeof(sandbox_device_calls) / sizeof(sandbox_device_calls[0]));
+        ret = sandbox_allow(f, sandbox_device_calls, ARRAY_SIZE(sandbox_device_calls));
     if (ret == 0)
         ret = seccomp_load(f);   /* this thread only: filters stack on the process's */
     seccomp_release(f);

@@ -61,15 +61,23 @@ int stream_header_check(const struct stream_header *h, const char **why)
     return 0;
 }
 
-static uint64_t record_hash(const struct stream_record *r, const void *payload)
+static uint64_t record_hash_iov(const struct stream_record *r, const struct iovec *iov,
+                                unsigned niov)
 {
     XXH3_state_t st;
 
     XXH3_64bits_reset(&st);
     XXH3_64bits_update(&st, r, offsetof(struct stream_record, checksum));
-    if (r->length)
-        XXH3_64bits_update(&st, payload, r->length);
+    for (unsigned i = 0; i < niov; i++)
+        XXH3_64bits_update(&st, iov[i].iov_base, iov[i].iov_len);
     return XXH3_64bits_digest(&st);
+}
+
+static uint64_t record_hash(const struct stream_record *r, const void *payload)
+{
+    struct iovec v = { .iov_base = (void *)payload, .iov_len = r->length };
+
+    return record_hash_iov(r, &v, r->length ? 1 : 0);
 }
 
 void stream_record_seal(struct stream_record *r, const void *payload)
@@ -247,18 +255,6 @@ int stream_put_record(struct stream_io *io, uint32_t type, uint32_t section,
     if (stream_write(io, &r, sizeof(r)) == 0 && len)
         stream_write(io, payload, len);
     return io->err;
-}
-
-static uint64_t record_hash_iov(const struct stream_record *r, const struct iovec *iov,
-                                unsigned niov)
-{
-    XXH3_state_t st;
-
-    XXH3_64bits_reset(&st);
-    XXH3_64bits_update(&st, r, offsetof(struct stream_record, checksum));
-    for (unsigned i = 0; i < niov; i++)
-        XXH3_64bits_update(&st, iov[i].iov_base, iov[i].iov_len);
-    return XXH3_64bits_digest(&st);
 }
 
 int stream_put_record_iov(struct stream_io *io, uint32_t type, uint32_t section,

@@ -77,7 +77,6 @@ void stream_record_seal(struct stream_record *r, const void *payload);
 int stream_record_check_header(const struct stream_record *r, const char **why);
 bool stream_record_check_payload(const struct stream_record *r, const void *payload);
 
-/* Buffered I/O over a file descriptor (file or socket). */
 /* A layer under the stream (TLS): when set, bytes go through it instead of
  * read()/write() on fd. recv: bytes, 0 at the end, -errno; send_all: 0 or
  * -errno. One thread may send while another receives. */
@@ -86,6 +85,7 @@ struct stream_ops {
     int (*send_all)(void *ctx, const void *buf, size_t n);
 };
 
+/* Buffered I/O over a file descriptor (file or socket). */
 struct stream_io {
     int fd;
     uint8_t *buf;

@@ -81,6 +81,26 @@ static void test_bad_input(void **state)
     expect_error(ARGV("--kernel"), 2, "unknown or incomplete");
 }
 
+/* --incoming is parsed by the migration's own URI parser, once, here. */
+static void test_incoming(void **state)
+{
+    struct run_args a;
+    char err[256] = "";
+
+    (void)state;
+    assert_int_equal(parse(3, ARGV("--incoming", "unix:/run/m.sock"), &a, err), 0);
+    assert_int_equal(a.incoming_ep.kind, MIG_EP_UNIX);
+    assert_string_equal(a.incoming_ep.path, "/run/m.sock");
+    assert_int_equal(parse(5, ARGV("--incoming", "tcp:[::1]:4444", "--tls-dir", "/d"), &a, err),
+                     0);
+    assert_string_equal(a.incoming_ep.host, "::1");
+    assert_string_equal(a.tls.dir, "/d");
+    expect_error(ARGV("--incoming", "udp:h:1"), 3, "--incoming: 'udp:h:1' is not");
+    expect_error(ARGV("--incoming", "tcp:h:99999"), 3, "out of range");
+    expect_error(ARGV("--incoming", "tcp:h:1", "--tls-authz", "a"), 5, "need a tls dir");
+    expect_error(ARGV("--kernel", "k", "--tls-dir", "/d"), 5, "go with --incoming");
+}
+
 static void test_help_and_reparse(void **state)
 {
     struct run_args a;
@@ -163,6 +183,7 @@ int main(void)
         cmocka_unit_test(test_all_options),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_help_and_reparse),
+        cmocka_unit_test(test_incoming),
         cmocka_unit_test(test_disks),
         cmocka_unit_test(test_net_option),
     };
